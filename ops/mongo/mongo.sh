@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The document database. When MONGODB_URI is set, that server (a real MongoDB) is used and this script
+# neither installs nor starts anything. Otherwise it builds FerretDB from the Go module proxy and runs it
+# with the SQLite backend (MongoDB wire protocol) on 127.0.0.1:27017.
+# Usage: ops/mongo/mongo.sh install|start|stop|restart|status
+# Settings: MONGODB_URI, FERRETDB_VERSION (v1.24.2), MONGO_PORT (27017), FERRETDB_DEBUG_PORT (8088),
+#           MONGO_START_TIMEOUT seconds (60), SAGA_STATE_DIR.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+VERSION=${FERRETDB_VERSION:-v1.24.2}
+PORT=${MONGO_PORT:-27017}
+DEBUG_PORT=${FERRETDB_DEBUG_PORT:-8088}
+START_TIMEOUT=${MONGO_START_TIMEOUT:-60}
+HOME_DIR=$STATE_DIR/ferretdb
+BIN=$HOME_DIR/bin/ferretdb-$VERSION
+DATA=$HOME_DIR/data
+LOG=$HOME_DIR/ferretdb.log
+PIDFILE=$HOME_DIR/ferretdb.pid
+
+external() { [ -n "${MONGODB_URI:-}" ]; }
+# The URI without credentials, for messages.
+redacted_uri() { sed -E 's#//[^@/]*@#//***@#' <<<"$MONGODB_URI"; }
+
+# `go install` of FerretDB builds a binary that panics at start: the generated build/version/version.txt
+# is not part of the module (FerretDB issue #2982). So build from a writable copy of the module after
+# writing that file.
+install() {
+  [ -x "$BIN" ] && return 0
+  need go "install Go 1.22 or newer (Debian: apt-get install golang)"
+  info "building FerretDB $VERSION from the Go module proxy (about a minute)"
+  mkdir -p "$HOME_DIR/bin"
+  local src=$HOME_DIR/src-$VERSION dir
+  dir=$(cd "$HOME_DIR" && GOFLAGS=-mod=mod go mod download -json "github.com/FerretDB/FerretDB@$VERSION" 2>"$HOME_DIR/install.log" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p') || true
+  [ -n "$dir" ] && [ -d "$dir" ] || { tail -n 5 "$HOME_DIR/install.log" >&2;
+    die "cannot download FerretDB $VERSION (log: $HOME_DIR/install.log); check that the Go module proxy is reachable"; }
+  rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
+  echo "$VERSION" >"$src/build/version/version.txt"
+  if ! (cd "$src" && go build -trimpath -tags ferretdb_no_postgresql -o "$BIN.tmp" ./cmd/ferretdb) >>"$HOME_DIR/install.log" 2>&1; then
+    tail -n 20 "$HOME_DIR/install.log" >&2
+    die "building FerretDB $VERSION failed (log: $HOME_DIR/install.log)"
+  fi
+  mv "$BIN.tmp" "$BIN" && rm -rf "$src"
+}
+
+ready() { port_open 127.0.0.1 "$PORT" && curl -fsS -o /dev/null "http://127.0.0.1:$DEBUG_PORT/debug/readyz"; }
+
+start() {
+  if external; then info "using the database at $(redacted_uri) (MONGODB_URI); nothing to start"; return 0; fi
+  if pid_alive "$PIDFILE"; then
+    info "FerretDB already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+    return 0
+  fi
+  require_free_port "$PORT" "the database" MONGO_PORT
+  require_free_port "$DEBUG_PORT" "FerretDB's debug endpoint" FERRETDB_DEBUG_PORT
+  need curl "install curl (Debian: apt-get install curl)"
+  install
+  mkdir -p "$DATA" "$HOME_DIR/state"
+  [ -w "$DATA" ] || die "database state dir $DATA is not writable; fix its permissions or run 'make clean'"
+  [ -f "$LOG" ] && mv "$LOG" "$LOG.1"
+  info "starting FerretDB $VERSION (SQLite backend) on 127.0.0.1:$PORT (log: $LOG)"
+  start_daemon "$PIDFILE" "$LOG" "$BIN" --handler=sqlite --sqlite-url="file:$DATA/" --state-dir="$HOME_DIR/state" \
+    --listen-addr="127.0.0.1:$PORT" --debug-addr="127.0.0.1:$DEBUG_PORT" --telemetry=disable --log-format=json --log-level=WARN
+  wait_until "$START_TIMEOUT" "$PIDFILE" "$LOG" FerretDB ready
+  info "FerretDB ready on 127.0.0.1:$PORT"
+}
+
+stop() {
+  if external; then info "the database at $(redacted_uri) is not ours to stop"; return 0; fi
+  stop_pid "$PIDFILE" FerretDB
+}
+
+status() {
+  if external; then echo "database: external at $(redacted_uri)"; return 0; fi
+  if pid_alive "$PIDFILE"; then echo "database: FerretDB running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+  else echo "database: stopped"; return 1; fi
+}
+
+case "${1:-}" in
+  install) external || install ;;
+  start) start ;;
+  stop) stop ;;
+  restart)
+    external && die "MONGODB_URI points at an external database; restart it with its own tools"
+    stop; start ;;
+  status) status ;;
+  *) die "usage: $0 install|start|stop|restart|status" ;;
+esac

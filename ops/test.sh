@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Everything CI runs (`make test`): starts the infrastructure the tests need unless it already runs, runs
+# every test suite, and stops what it started, also when a test fails or the run is interrupted.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_DIR"
+export CARGO_PROFILE=dev CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+started=()
+cleanup() {
+  local rc=$?
+  for ((i = ${#started[@]} - 1; i >= 0; i--)); do "${started[i]}" stop || true; done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Start only what is not already running, and remember it so that it is stopped at the end.
+"$OPS_DIR/kafka/kafka.sh" status >/dev/null 2>&1 || { started+=("$OPS_DIR/kafka/kafka.sh"); "$OPS_DIR/kafka/kafka.sh" start; }
+if [ -z "${MONGODB_URI:-}" ]; then
+  "$OPS_DIR/mongo/mongo.sh" status >/dev/null 2>&1 || { started+=("$OPS_DIR/mongo/mongo.sh"); "$OPS_DIR/mongo/mongo.sh" start; }
+fi
+
+step() { info "$*"; }
+
+step "build (all targets, once)"
+cargo build --workspace --all-targets --locked
+
+step "formatting and lints"
+cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+step "topics"
+"$OPS_DIR/infra.sh" topics
+
+step "unit tests"
+cargo test --workspace --exclude tests --locked --quiet
+
+step "integration tests against the real Kafka and database (in parallel)"
+cargo test -p tests --locked --quiet --test kafka --test mongo
+
+step "database restart (alone: it restarts the shared database)"
+cargo test -p tests --locked --quiet --test db_restart
+
+info "all tests passed"
