@@ -1,46 +1,24 @@
 //! Wire contracts of the order saga: the message envelope, the commands the orchestrator sends to the
-//! participants, their replies, and the saga lifecycle events. Pure data with serde and garde validation;
-//! no I/O and no async runtime, so every side of the wire links the same definitions.
+//! participants, their replies, the saga lifecycle events and the orchestrator's own scheduling messages.
+//! Pure data with serde and garde validation; no I/O and no async runtime, so every side of the wire links
+//! the same definitions.
+//!
+//! - [`envelope`]: the envelope every message travels in, and the Kafka header names.
+//! - [`commands`], [`replies`], [`events`]: the typed payloads, each with a message type and a schema version.
+//! - [`message`]: building a message (validated) and decoding one (validated, older versions upcast).
+//! - [`registry`]: every message type and version, for JSON Schema generation and compatibility tests.
+//! - [`topics`]: topic names.
 
-/// Kafka topic names shared by every service. Every topic is keyed by saga id.
-pub mod topics {
-    /// Commands for the inventory participant.
-    pub const CMD_INVENTORY: &str = "saga.cmd.inventory";
-    /// Commands for the payment participant.
-    pub const CMD_PAYMENT: &str = "saga.cmd.payment";
-    /// Commands for the shipping participant.
-    pub const CMD_SHIPPING: &str = "saga.cmd.shipping";
-    /// Replies from every participant to the orchestrator.
-    pub const REPLY: &str = "saga.reply";
-    /// Saga lifecycle events (read models, live status, audit).
-    pub const EVENT: &str = "saga.event";
-    /// Suffix of the dead-letter twin of a consumed topic.
-    pub const DLQ_SUFFIX: &str = ".dlq";
+pub mod commands;
+pub mod envelope;
+pub mod events;
+pub mod message;
+pub mod registry;
+pub mod replies;
+pub mod topics;
 
-    /// Topics that a service consumes and that therefore have a dead-letter twin.
-    pub const CONSUMED: [&str; 5] = [CMD_INVENTORY, CMD_PAYMENT, CMD_SHIPPING, REPLY, EVENT];
-
-    /// The dead-letter topic of `topic`.
-    pub fn dlq(topic: &str) -> String {
-        format!("{topic}{DLQ_SUFFIX}")
-    }
-
-    /// Every topic of the system: the consumed topics followed by their dead-letter twins.
-    pub fn all() -> Vec<String> {
-        CONSUMED.iter().map(|t| (*t).to_owned()).chain(CONSUMED.iter().map(|t| dlq(t))).collect()
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn every_consumed_topic_has_a_dead_letter_twin() {
-            let all = all();
-            assert_eq!(all.len(), 10);
-            for topic in CONSUMED {
-                assert!(all.contains(&format!("{topic}.dlq")), "{topic} has no .dlq twin");
-            }
-        }
-    }
-}
+pub use commands::{Address, Command, CommandKind, Line, Participant};
+pub use envelope::{Envelope, Meta};
+pub use events::{DeadlineKind, OrderStatus, SagaTransitioned, StartSaga, TimerFired};
+pub use message::{Body, DecodeError, Message};
+pub use replies::{FailureKind, Reply};
