@@ -1,17 +1,20 @@
-//! Kafka client settings and topic set-up.
+//! Kafka client settings, topic set-up, publishing and dead-lettering.
 //!
-//! Producers are idempotent with `acks=all`; consumers commit offsets by hand, only after the effect of a
-//! message is durable. Topics are created by [`ensure_topics`], which is idempotent: a topic that already
+//! Producers are idempotent with `acks=all`; consumers store an offset only once the effect of its message
+//! is durable. Topics are created by [`ensure_topics`], which is idempotent: a topic that already
 //! exists is left as it is (a partition count lower than configured is reported, never changed silently).
 
 use std::time::Duration;
 
+use proto_events::Message;
+use proto_events::envelope::headers;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
-use rdkafka::producer::Producer;
+use rdkafka::message::{Header, Headers, Message as KafkaMessage, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
 
 use crate::config;
 
@@ -27,6 +30,9 @@ pub enum Error {
     /// The broker did not answer a metadata request in time.
     #[error("Kafka at {bootstrap_servers} did not answer within {timeout:?}: {source}")]
     Unreachable { bootstrap_servers: String, timeout: Duration, source: KafkaError },
+    /// A message was not acknowledged by the broker.
+    #[error("publishing to {topic} (key {key}) failed: {source}")]
+    Publish { topic: String, key: String, source: KafkaError },
     /// Creating a topic failed for a reason other than its existing already.
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
@@ -110,6 +116,8 @@ impl KafkaSettings {
             .set("max.in.flight.requests.per.connection", "5")
             .set("message.timeout.ms", "30000")
             .set("linger.ms", "1")
+            // Java-compatible key hashing, so that `partition_for` (and any Java tool) agrees with us.
+            .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4");
         // Extra properties win over our defaults, so operators can tune them.
         for (key, value) in &self.extra {
@@ -131,6 +139,17 @@ impl KafkaSettings {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "cooperative-sticky");
+        for (key, value) in &self.extra {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// A consumer configuration for a service: offsets are stored by the service only once a message's effect
+    /// is durable, and librdkafka commits the stored offsets in the background (and on rebalance).
+    pub fn service_consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.consumer_config(group_id);
+        config.set("enable.auto.commit", "true").set("auto.commit.interval.ms", "500");
         for (key, value) in &self.extra {
             config.set(key, value);
         }
@@ -230,4 +249,186 @@ async fn describe(
         })
         .collect();
     Ok(outcomes)
+}
+
+/// The partition Kafka's default (murmur2) partitioner picks for `key` among `partitions`; the producers here
+/// are configured with the same partitioner, so this is where a saga's messages land.
+pub fn partition_for(key: &[u8], partitions: i32) -> i32 {
+    let positive = murmur2(key) & 0x7fff_ffff;
+    i32::try_from(positive % u32::try_from(partitions.max(1)).unwrap_or(1)).unwrap_or(0)
+}
+
+/// Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`).
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    let mut h = SEED ^ length;
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+/// Where a published message landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Full topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Publishes messages keyed by saga id through one idempotent, `acks=all` producer, and dead-letters
+/// messages that cannot be processed.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("bootstrap_servers", &self.settings.bootstrap_servers).finish()
+    }
+}
+
+impl Publisher {
+    /// A publisher with its own producer.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, Error> {
+        Ok(Self { producer: settings.producer()?, settings: settings.clone() })
+    }
+
+    /// The underlying producer (for readiness checks and metrics).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// The settings this publisher was made with.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.settings
+    }
+
+    /// Publishes `message` to `topic` (a name without the prefix), keyed by its saga id, and waits for the
+    /// broker's acknowledgement.
+    pub async fn publish(&self, topic: &str, message: &Message) -> Result<Delivered, Error> {
+        let key = message.meta.saga_id.to_string();
+        let payload = message.encode();
+        let message_id = message.meta.message_id.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: headers::MESSAGE_TYPE, value: Some(message.body.message_type()) })
+            .insert(Header { key: headers::MESSAGE_ID, value: Some(&message_id) });
+        self.send(&self.settings.topic(topic), Some(key.as_bytes()), &payload, headers).await
+    }
+
+    /// Sends raw bytes to a full topic name and waits for the acknowledgement.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<Delivered, Error> {
+        let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(delivery) => {
+                Ok(Delivered { topic: topic.to_owned(), partition: delivery.partition, offset: delivery.offset })
+            }
+            Err((source, _)) => Err(Error::Publish {
+                topic: topic.to_owned(),
+                key: key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+                source,
+            }),
+        }
+    }
+
+    /// Sends `source` unchanged (key, payload, headers) to the dead-letter twin of its topic, adding why it
+    /// failed, where it came from, how often it was tried and who gave up.
+    pub async fn dead_letter<M: KafkaMessage>(
+        &self,
+        source: &M,
+        error: &str,
+        attempts: u32,
+        service: &str,
+    ) -> Result<Delivered, Error> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = source.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header { key: header.key, value: header.value });
+            }
+        }
+        let (partition, offset) = (source.partition().to_string(), source.offset().to_string());
+        let (attempts, failed_at) = (attempts.to_string(), chrono::Utc::now().to_rfc3339());
+        let error: String = error.chars().take(1000).collect();
+        for (key, value) in [
+            (headers::DLQ_TOPIC, source.topic()),
+            (headers::DLQ_PARTITION, partition.as_str()),
+            (headers::DLQ_OFFSET, offset.as_str()),
+            (headers::DLQ_ERROR, error.as_str()),
+            (headers::DLQ_ATTEMPTS, attempts.as_str()),
+            (headers::DLQ_SERVICE, service),
+            (headers::DLQ_FAILED_AT, failed_at.as_str()),
+        ] {
+            headers = headers.insert(Header { key, value: Some(value) });
+        }
+        let dlq = proto_events::topics::dlq(source.topic());
+        self.send(&dlq, source.key(), source.payload().unwrap_or_default(), headers).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Vectors from Kafka's UtilsTest.
+        let cases: [(&str, i32); 6] = [
+            ("21", -973_932_308),
+            ("foobar", -790_332_482),
+            ("a-little-bit-long-string", -985_981_536),
+            ("a-little-bit-longer-string", -1_486_304_829),
+            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            ("abc", 479_470_107),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input.as_bytes()).cast_signed(), expected, "murmur2({input:?})");
+        }
+    }
+
+    #[test]
+    fn partitions_are_spread_and_in_range() {
+        let mut seen = [0_u32; 6];
+        for i in 0..600 {
+            let p = partition_for(format!("saga-{i}").as_bytes(), 6);
+            seen[usize::try_from(p).expect("non-negative")] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "skewed: {seen:?}");
+    }
 }

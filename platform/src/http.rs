@@ -1,0 +1,145 @@
+//! The endpoints every service exposes for operations, open without authentication:
+//! `GET /health` (the process is alive), `GET /ready` (its dependencies answer within a timeout; 503
+//! otherwise, recovering by itself) and `GET /metrics` (Prometheus text format).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::future::{BoxFuture, join_all};
+use prometheus_client::registry::Registry;
+use rdkafka::producer::{FutureProducer, Producer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// One dependency check: `Ok` when the dependency answered.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The dependency checks behind `/ready`.
+#[derive(Clone)]
+pub struct Readiness {
+    service: &'static str,
+    timeout: Duration,
+    checks: Vec<(&'static str, Check)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.checks.iter().map(|(n, _)| *n).collect();
+        f.debug_struct("Readiness").field("service", &self.service).field("checks", &names).finish()
+    }
+}
+
+impl Readiness {
+    /// No checks yet; each check gets `timeout`.
+    pub fn new(service: &'static str, timeout: Duration) -> Self {
+        Self { service, timeout, checks: Vec::new() }
+    }
+
+    /// Adds a check named `name`.
+    pub fn with(mut self, name: &'static str, check: Check) -> Self {
+        self.checks.push((name, check));
+        self
+    }
+
+    /// Adds a Kafka metadata request through `producer`'s client.
+    pub fn with_kafka(self, producer: FutureProducer) -> Self {
+        let timeout = self.timeout;
+        self.with(
+            "kafka",
+            Arc::new(move || {
+                let producer = producer.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        )
+    }
+
+    /// Adds a database ping.
+    pub fn with_mongo(self, client: mongodb::Client) -> Self {
+        self.with(
+            "database",
+            Arc::new(move || {
+                let client = client.clone();
+                Box::pin(async move { crate::mongo::ping(&client).await.map_err(|e| e.to_string()) })
+            }),
+        )
+    }
+
+    /// Runs every check at once; returns whether all passed and a JSON report.
+    pub async fn report(&self) -> (bool, Value) {
+        let runs = self.checks.iter().map(|(name, check)| async move {
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(self.timeout, check()).await;
+            let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let result = match outcome {
+                Ok(Ok(())) => json!({ "status": "up", "latency_ms": millis }),
+                Ok(Err(error)) => json!({ "status": "down", "error": error, "latency_ms": millis }),
+                Err(_) => json!({ "status": "down", "error": format!("no answer within {:?}", self.timeout) }),
+            };
+            (*name, result)
+        });
+        let results = join_all(runs).await;
+        let ready = results.iter().all(|(_, r)| r["status"] == "up");
+        let checks: serde_json::Map<String, Value> = results.into_iter().map(|(n, r)| (n.to_owned(), r)).collect();
+        let status = if ready { "ready" } else { "not_ready" };
+        (ready, json!({ "service": self.service, "status": status, "checks": checks }))
+    }
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Readiness,
+    registry: Arc<Registry>,
+}
+
+/// `/health`, `/ready` and `/metrics`, to merge into a service's router.
+pub fn ops_router(readiness: Readiness, registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState { readiness, registry })
+}
+
+async fn health(State(state): State<OpsState>) -> Response {
+    axum::Json(json!({ "service": state.readiness.service, "status": "ok" })).into_response()
+}
+
+async fn ready(State(state): State<OpsState>) -> Response {
+    let (ready, report) = state.readiness.report().await;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// Binds `addr`, failing with a message that names the address.
+pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests finish.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
