@@ -87,6 +87,7 @@ pub struct Envelope {
     pub message_type: String,
     /// The version of the payload's schema for that type.
     pub schema_version: u16,
-    /// The payload, a JSON object whose shape `message_type` and `schema_version` give.
+    /// The payload, a JSON object whose shape `type` and `schema_version` give.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub payload: serde_json::Value,
 }

@@ -42,27 +42,27 @@ impl OrderStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Validate)]
 pub struct SagaTransitioned {
     /// The saga definition's name.
-    #[garde(length(min = 1, max = 64))]
+    #[garde(length(chars, min = 1, max = 64))]
     pub definition: String,
     /// The saga definition's version.
     #[garde(range(min = 1))]
     pub definition_version: u32,
     /// The state before, such as `RUNNING`.
-    #[garde(length(min = 1, max = 32))]
+    #[garde(length(chars, min = 1, max = 32))]
     pub from: String,
     /// The state after.
-    #[garde(length(min = 1, max = 32))]
+    #[garde(length(chars, min = 1, max = 32))]
     pub to: String,
     /// The order status after the transition.
     #[garde(skip)]
     pub status: OrderStatus,
     /// The name of the step the saga is at after the transition, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[garde(length(max = 64))]
+    #[garde(length(chars, max = 64))]
     pub step_name: Option<String>,
     /// Why the saga is compensating or parked, if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[garde(length(max = 500))]
+    #[garde(length(chars, max = 500))]
     pub reason: Option<String>,
     /// The saga's version after the transition (increases by one per change).
     #[garde(range(min = 1))]

@@ -8,6 +8,11 @@
 //! - [`message`]: building a message (validated) and decoding one (validated, older versions upcast).
 //! - [`registry`]: every message type and version, for JSON Schema generation and compatibility tests.
 //! - [`topics`]: topic names.
+//!
+//! Validation rules are written once, as `#[garde(...)]` attributes: schemars reads the same attributes
+//! (`length`, `range`, `pattern`), so the committed JSON Schemas carry the constraints the code enforces.
+//! String lengths count characters (`length(chars, ...)`), as JSON Schema's `minLength`/`maxLength` do. Rules
+//! JSON Schema cannot express (`custom`, such as "each SKU at most once") are enforced only by the code.
 
 pub mod commands;
 pub mod envelope;

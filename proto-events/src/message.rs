@@ -120,7 +120,7 @@ impl Message {
     fn check(&self) -> Result<(), DecodeError> {
         let invalid = |report: garde::Report| DecodeError::Invalid {
             message_type: self.body.message_type().to_owned(),
-            report: report.to_string(),
+            report: one_line(&report),
         };
         self.meta.validate().map_err(invalid)?;
         self.body.validate().map_err(invalid)
@@ -160,6 +160,14 @@ impl Message {
                 current: info.current,
             });
         }
+        if !payload.is_object() {
+            // Serde would also accept a JSON array for a struct; the schema says object, and so does this.
+            return Err(DecodeError::Payload {
+                message_type,
+                version: schema_version,
+                reason: "at `.`: not a JSON object".to_owned(),
+            });
+        }
         let body = decode_body(&message_type, schema_version, payload)?;
         let message = Self { meta, body };
         message.check()?;
@@ -167,7 +175,18 @@ impl Message {
     }
 }
 
-/// A serde error without the offending value (which may be personal data): its category and position.
+/// A validation report on one line (`path: problem; path: problem`), fit for a log line or a Kafka header.
+/// Garde's messages name the rule broken (`length is lower than 1`), never the value.
+fn one_line(report: &garde::Report) -> String {
+    let problems: Vec<String> = report
+        .iter()
+        .map(|(path, error)| if path.is_empty() { error.to_string() } else { format!("{path}: {error}") })
+        .collect();
+    problems.join("; ")
+}
+
+/// A serde error without the offending value (which may be personal data): its category and, when it comes
+/// from bytes, its position. A missing field is named, since field names come from the schema, not the input.
 fn redacted(error: &serde_json::Error) -> String {
     let what = match error.classify() {
         serde_json::error::Category::Io => "I/O error",
@@ -175,7 +194,16 @@ fn redacted(error: &serde_json::Error) -> String {
         serde_json::error::Category::Data => "unexpected shape",
         serde_json::error::Category::Eof => "truncated JSON",
     };
-    format!("{what} at line {} column {}", error.line(), error.column())
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    let message = text.strip_suffix(&position).unwrap_or(&text);
+    let missing_field = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'));
+    let what = match missing_field {
+        Some(field) if !field.contains('`') => message,
+        _ => what,
+    };
+    // Errors from a `serde_json::Value` (payloads) have no position: line 0.
+    if error.line() == 0 { what.to_owned() } else { format!("{what}{position}") }
 }
 
 fn decode_body(message_type: &str, version: u16, payload: serde_json::Value) -> Result<Body, DecodeError> {

@@ -91,4 +91,17 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), TYPES.len(), "duplicate registrations");
     }
+
+    #[test]
+    fn versions_start_at_1_and_the_oldest_read_is_not_newer_than_the_current() {
+        for info in TYPES {
+            assert!(
+                1 <= info.oldest && info.oldest <= info.current,
+                "{}: {}..={}",
+                info.name,
+                info.oldest,
+                info.current
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ pub enum Reply {
     Succeeded {
         /// The participant's id for what it did (payment id, shipment id), when it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        #[garde(length(max = 100))]
+        #[garde(length(chars, max = 100))]
         reference: Option<String>,
     },
     /// Not done.
@@ -33,7 +33,7 @@ pub enum Reply {
         #[garde(skip)]
         kind: FailureKind,
         /// What went wrong, for operators; never personal data.
-        #[garde(length(min = 1, max = 500))]
+        #[garde(length(chars, min = 1, max = 500))]
         reason: String,
     },
 }
