@@ -1,3 +1,163 @@
 //! The saga orchestrator: it accepts orders over HTTP, runs each order's saga with the pure core from
 //! `saga-defs`, persists every saga with its outbox and timeline in the document database, sends commands
 //! to the participants over Kafka and applies their replies, one writer per saga.
+//!
+//! - [`api`]: the HTTP interface (orders, health, readiness, metrics).
+//! - [`engine`]: applies a message to its saga: transition, durable write, outbox flush.
+//! - [`consumer`]: the `saga.reply` consumer, partition ownership and recovery.
+//! - [`timers`]: turns passed deadlines into messages on the saga's partition.
+//! - Ports: [`store`] (MongoDB | memory), [`bus`] (Kafka | memory), [`clock`] (system | manual).
+//! - [`Application`]: wiring, start-up and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use platform::http::Readiness;
+use platform::kafka::{Publisher, ensure_topics};
+use prometheus_client::registry::Registry;
+use rdkafka::producer::Producer;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub mod api;
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod consumer;
+pub mod customer_ref;
+pub mod definitions;
+pub mod engine;
+pub mod metrics;
+pub mod model;
+pub mod store;
+pub mod timers;
+
+use crate::api::AppState;
+use crate::bus::KafkaBus;
+use crate::clock::SystemClock;
+use crate::config::Settings;
+use crate::consumer::{Ownership, ReplyConsumer};
+use crate::customer_ref::CustomerRefs;
+use crate::definitions::Definitions;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::store::SagaStore;
+use crate::store::mongo::MongoStore;
+use crate::timers::Timer;
+
+/// How long running work may take to finish after a shutdown request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The orchestrator, built and bound, not yet running.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    consumer: ReplyConsumer,
+    timer: Timer,
+}
+
+impl Application {
+    /// Connects to the database and Kafka, prepares indexes and topics, and binds the HTTP listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let definitions = Arc::new(Definitions::builtin(settings.step_timeout).context("invalid saga definition")?);
+        let client = settings.mongo.client("orchestrator").await?;
+        let store: Arc<dyn SagaStore> = Arc::new(MongoStore::new(&client.database(&settings.mongo.database)));
+        store.prepare().await.context("preparing the database (is it running?)")?;
+        ensure_topics(&settings.kafka, &proto_events::topics::all()).await.context("creating Kafka topics")?;
+        let publisher = Publisher::new(&settings.kafka)?;
+        let reply_partitions = partition_count(&publisher, &settings.kafka.topic(proto_events::topics::REPLY)).await?;
+
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let bus = Arc::new(KafkaBus::new(publisher.clone()));
+        let clock = Arc::new(SystemClock);
+        let engine = Engine::new(store.clone(), bus.clone(), clock.clone(), definitions.clone(), metrics.clone());
+        let ownership = Arc::new(Ownership::default());
+        let consumer = ReplyConsumer::new(
+            &settings.kafka,
+            &settings.group_id,
+            engine,
+            publisher.clone(),
+            ownership.clone(),
+            metrics.clone(),
+        )?;
+        let timer = Timer::new(store.clone(), bus.clone(), clock.clone(), ownership, settings.timer);
+        let state = AppState {
+            store,
+            bus,
+            clock,
+            definitions,
+            customer_refs: CustomerRefs::new(settings.customer_ref_key.as_bytes()),
+            metrics,
+            reply_partitions,
+        };
+        let readiness = Readiness::new("orchestrator", Duration::from_secs(2))
+            .with_kafka(publisher.producer().clone())
+            .with_mongo(client);
+        let router = api::router(state, readiness, Arc::new(registry));
+        let listener = platform::http::bind(&settings.http_addr).await?;
+        Ok(Self { listener, router, consumer, timer })
+    }
+
+    /// The port the HTTP interface listens on.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves HTTP, consumes replies and runs the timer until `shutdown` is cancelled or a task ends; then
+    /// lets running work finish for a grace period.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = JoinSet::new();
+        let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            ("http", platform::http::serve(self.listener, self.router, s1).await.map_err(Into::into))
+        });
+        tasks.spawn(async move { ("consumer", self.consumer.run(s2).await) });
+        tasks.spawn(async move {
+            self.timer.run(s3).await;
+            ("timer", Ok(()))
+        });
+        let first = tokio::select! {
+            () = shutdown.cancelled() => None,
+            ended = tasks.join_next() => ended,
+        };
+        if let Some(ended) = first {
+            report_exit(ended);
+            shutdown.cancel();
+        }
+        let drain = async {
+            while let Some(ended) = tasks.join_next().await {
+                report_exit(ended);
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("tasks did not finish within {SHUTDOWN_GRACE:?}; aborting them");
+            tasks.abort_all();
+        }
+        Ok(())
+    }
+}
+
+fn report_exit(ended: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>) {
+    match ended {
+        Ok((task, Ok(()))) => tracing::info!(task, "task finished"),
+        Ok((task, Err(error))) => tracing::error!(task, error = format!("{error:#}"), "task failed"),
+        Err(error) => tracing::error!(%error, "task panicked"),
+    }
+}
+
+/// The number of partitions of `topic`.
+async fn partition_count(publisher: &Publisher, topic: &str) -> anyhow::Result<i32> {
+    let producer = publisher.producer().clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let count = metadata.topics().first().map_or(0, |t| t.partitions().len());
+        anyhow::ensure!(count > 0, "topic {topic} has no partitions");
+        Ok(i32::try_from(count)?)
+    })
+    .await?
+}

@@ -26,13 +26,13 @@ pub enum Error {
     Config(#[from] config::Error),
     /// A client could not be created from the settings.
     #[error("cannot create a Kafka client for {bootstrap_servers}: {source}")]
-    Client { bootstrap_servers: String, source: KafkaError },
+    Client { bootstrap_servers: String, source: Box<KafkaError> },
     /// The broker did not answer a metadata request in time.
     #[error("Kafka at {bootstrap_servers} did not answer within {timeout:?}: {source}")]
-    Unreachable { bootstrap_servers: String, timeout: Duration, source: KafkaError },
+    Unreachable { bootstrap_servers: String, timeout: Duration, source: Box<KafkaError> },
     /// A message was not acknowledged by the broker.
     #[error("publishing to {topic} (key {key}) failed: {source}")]
-    Publish { topic: String, key: String, source: KafkaError },
+    Publish { topic: String, key: String, source: Box<KafkaError> },
     /// Creating a topic failed for a reason other than its existing already.
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
@@ -162,7 +162,7 @@ impl KafkaSettings {
     }
 
     fn client_error(&self, source: KafkaError) -> Error {
-        Error::Client { bootstrap_servers: self.bootstrap_servers.clone(), source }
+        Error::Client { bootstrap_servers: self.bootstrap_servers.clone(), source: Box::new(source) }
     }
 
     /// Asks the cluster for its metadata, to tell whether it answers within `timeout`.
@@ -173,7 +173,7 @@ impl KafkaSettings {
             producer.client().fetch_metadata(None, timeout).map(|_| ()).map_err(|source| Error::Unreachable {
                 bootstrap_servers,
                 timeout,
-                source,
+                source: Box::new(source),
             })
         })
         .await
@@ -205,7 +205,7 @@ pub async fn ensure_topics(settings: &KafkaSettings, topics: &[String]) -> Resul
     let results = admin.create_topics(&new_topics, &options).await.map_err(|source| Error::Unreachable {
         bootstrap_servers: settings.bootstrap_servers.clone(),
         timeout: Duration::from_secs(30),
-        source,
+        source: Box::new(source),
     })?;
     let mut created = Vec::new();
     for result in results {
@@ -232,7 +232,7 @@ async fn describe(
     let metadata = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
         .await
         .expect("metadata request task panicked")
-        .map_err(|source| Error::Unreachable { bootstrap_servers, timeout, source })?;
+        .map_err(|source| Error::Unreachable { bootstrap_servers, timeout, source: Box::new(source) })?;
     let outcomes = names
         .into_iter()
         .map(|topic| {
@@ -363,7 +363,7 @@ impl Publisher {
             Err((source, _)) => Err(Error::Publish {
                 topic: topic.to_owned(),
                 key: key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-                source,
+                source: Box::new(source),
             }),
         }
     }

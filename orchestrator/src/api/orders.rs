@@ -1,0 +1,321 @@
+//! The public order API: place an order (which starts its saga) and read its status.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use garde::Validate;
+use platform::kafka::partition_for;
+use proto_events::commands::Currency;
+use proto_events::{Address, Body, Message, Meta, OrderStatus, StartSaga, topics};
+use saga_defs::SagaState;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::AppState;
+use super::extract::json_body;
+use super::problem::{FieldError, Problem};
+use crate::model::{EntryKind, LogEntry, OrderLine, OrderPii, OrderSummary, OutboxEntry, Outgoing, SagaRecord};
+use crate::store::{Claim, Error as StoreError};
+
+/// The saga every order runs.
+pub const ORDER_SAGA: &str = "order_fulfilment";
+
+/// One line of a new order.
+#[derive(Debug, Clone, Deserialize, Serialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItem {
+    /// The SKU, such as `SKU-1`.
+    #[garde(pattern(r"^[A-Z0-9][A-Z0-9-]{0,31}$"))]
+    pub sku: String,
+    /// Units, 1 to 10,000.
+    #[garde(range(min = 1, max = 10_000))]
+    pub quantity: u32,
+    /// Price of one unit in the currency's minor unit.
+    #[garde(range(min = 0, max = 100_000_000))]
+    pub unit_price_cents: i64,
+}
+
+fn distinct_skus(items: &[OrderItem], _: &()) -> garde::Result {
+    let mut skus: Vec<&str> = items.iter().map(|i| i.sku.as_str()).collect();
+    skus.sort_unstable();
+    match skus.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(garde::Error::new(format!("SKU {} appears more than once; add the quantities up", w[0]))),
+        None => Ok(()),
+    }
+}
+
+/// `POST /v1/orders`.
+#[derive(Debug, Clone, Deserialize, Serialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceOrder {
+    /// Who orders.
+    #[garde(pattern(r"^[A-Za-z0-9_.:@-]{1,64}$"))]
+    pub customer_id: String,
+    /// Where to send order mail.
+    #[garde(email, length(max = 254))]
+    pub email: String,
+    /// What to order: 1 to 100 lines, each SKU once.
+    #[garde(length(min = 1, max = 100), custom(distinct_skus), dive)]
+    pub items: Vec<OrderItem>,
+    /// The currency of the prices.
+    #[garde(skip)]
+    pub currency: Currency,
+    /// The payment provider's token for the customer's payment method.
+    #[garde(pattern(r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub payment_token: String,
+    /// Where to ship.
+    #[garde(dive)]
+    pub shipping_address: Address,
+}
+
+/// The answer to placing an order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Placed {
+    /// The order's id (also its saga's id).
+    pub order_id: Uuid,
+    /// `PENDING` for a new order.
+    pub status: OrderStatus,
+    /// The saga's state.
+    pub state: String,
+    /// Where to read the order.
+    pub href: String,
+}
+
+/// `GET /v1/orders/{order_id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderView {
+    /// The order's id.
+    pub order_id: Uuid,
+    /// `PENDING`, `COMPLETED`, `CANCELLED` (compensated) or `FAILED` (parked for an operator).
+    pub status: OrderStatus,
+    /// The saga's state, such as `RUNNING`.
+    pub state: String,
+    /// The step the saga is at, if any.
+    pub step: Option<String>,
+    /// The attempt of that step.
+    pub attempt: Option<u32>,
+    /// Why the saga is compensating, cancelled or parked.
+    pub reason: Option<String>,
+    /// The saga's version (increases with every change).
+    pub version: u64,
+    /// The lines.
+    pub items: Vec<OrderLine>,
+    /// The total.
+    pub amount_cents: i64,
+    /// The currency.
+    pub currency: Currency,
+    /// When the order was placed.
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Places an order: stores it and its saga, then starts the saga. Answers 202 with the order id; with an
+/// `Idempotency-Key`, a retried request answers with the same order instead of placing another.
+#[tracing::instrument(skip_all, fields(order_id))]
+pub async fn place_order(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    match place(&app, &headers, &body).await {
+        Ok((placed, fresh)) => {
+            let status = if fresh { StatusCode::ACCEPTED } else { StatusCode::OK };
+            let location = HeaderValue::from_str(&placed.href).expect("an href is a valid header value");
+            (status, [(header::LOCATION, location)], Json(placed)).into_response()
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn place(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(Placed, bool), Problem> {
+    let order: PlaceOrder = json_body(headers, body)?;
+    let amount_cents = total(&order)?;
+    let customer_ref = app.customer_refs.of(&order.customer_id);
+    let key = idempotency_key(headers)?;
+    let mut order_id = Uuid::now_v7();
+    let mut fresh = true;
+    if let Some(key) = key {
+        let request_hash = hex::encode(Sha256::digest(body));
+        match app.store.claim_idempotency_key(&format!("{customer_ref}:{key}"), order_id, &request_hash).await? {
+            Claim::New => {}
+            Claim::Existing { request_hash: stored, .. } if stored != request_hash => {
+                return Err(Problem::idempotency_mismatch());
+            }
+            Claim::Existing { order_id: existing, .. } => {
+                order_id = existing;
+                fresh = false;
+            }
+        }
+    }
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+    if !fresh && let Some(saga) = app.store.get(order_id).await? {
+        return Ok((placed(&saga), false));
+    }
+    let correlation_id = correlation_id(headers);
+    let saga = new_saga(app, order_id, correlation_id, &order, amount_cents, customer_ref)?;
+    store_order(app, &saga, &order).await?;
+    app.metrics.sagas_created.inc();
+    publish_start(app, &saga).await;
+    Ok((placed(&saga), true))
+}
+
+fn total(order: &PlaceOrder) -> Result<i64, Problem> {
+    let total = order.items.iter().try_fold(0_i64, |sum, item| {
+        item.unit_price_cents.checked_mul(i64::from(item.quantity)).and_then(|line| sum.checked_add(line))
+    });
+    match total {
+        Some(total) if (1..=1_000_000_000_000).contains(&total) => Ok(total),
+        _ => Err(Problem::validation(
+            "the order total must be between 1 and 1,000,000,000,000 minor units",
+            vec![FieldError { field: "items".into(), message: "order total out of range".into() }],
+        )),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let valid = value.to_str().ok().filter(|v| (1..=255).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()));
+    match valid {
+        Some(v) => Ok(Some(v.to_owned())),
+        None => Err(Problem::validation(
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+            vec![FieldError { field: "Idempotency-Key".into(), message: "invalid header".into() }],
+        )),
+    }
+}
+
+/// The caller's correlation id (`X-Correlation-Id`, if it is a UUID), or a new one.
+fn correlation_id(headers: &HeaderMap) -> Uuid {
+    headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Uuid::parse_str(v).ok())
+        .unwrap_or_else(Uuid::now_v7)
+}
+
+fn new_saga(
+    app: &AppState,
+    order_id: Uuid,
+    correlation_id: Uuid,
+    order: &PlaceOrder,
+    amount_cents: i64,
+    customer_ref: String,
+) -> Result<SagaRecord, Problem> {
+    let definition = app.definitions.latest(ORDER_SAGA).ok_or_else(|| {
+        tracing::error!("the order saga definition is missing");
+        Problem::internal()
+    })?;
+    let now = app.clock.now();
+    let items = order
+        .items
+        .iter()
+        .map(|i| OrderLine { sku: i.sku.clone(), quantity: i.quantity, unit_price_cents: i.unit_price_cents })
+        .collect();
+    let start = OutboxEntry {
+        message_id: Uuid::now_v7(),
+        causation_id: None,
+        time: now,
+        step: 0,
+        attempt: 0,
+        outgoing: Outgoing::Start,
+    };
+    let created = LogEntry {
+        saga_id: order_id,
+        seq: 1,
+        at: now,
+        kind: EntryKind::Created,
+        from: String::new(),
+        to: "STARTED".into(),
+        step: None,
+        attempt: None,
+        received: None,
+        sent: Vec::new(),
+        note: None,
+    };
+    Ok(SagaRecord {
+        id: order_id,
+        version: 1,
+        definition: definition.name.to_owned(),
+        definition_version: definition.version,
+        state: SagaState::new(),
+        partition: partition_for(order_id.to_string().as_bytes(), app.reply_partitions),
+        correlation_id,
+        order: OrderSummary { items, amount_cents, currency: order.currency, customer_ref },
+        created_at: now,
+        updated_at: now,
+        state_since: now,
+        outbox: vec![start],
+        pending_log: vec![created],
+    })
+}
+
+/// Stores the order's personal data, then its saga. Either may exist already when a request is retried
+/// with the same idempotency key after a failure.
+async fn store_order(app: &AppState, saga: &SagaRecord, order: &PlaceOrder) -> Result<(), Problem> {
+    let pii = OrderPii {
+        customer_id: order.customer_id.clone(),
+        email: order.email.clone(),
+        shipping_address: order.shipping_address.clone(),
+        payment_token: order.payment_token.clone(),
+    };
+    match app.store.insert_pii(saga.id, &pii).await {
+        Ok(()) | Err(StoreError::Duplicate { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match app.store.insert(saga).await {
+        Ok(()) | Err(StoreError::Duplicate { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Publishes the saga's start message. If this fails the saga is still stored: the owner of its partition
+/// starts it after the start grace period.
+async fn publish_start(app: &AppState, saga: &SagaRecord) {
+    let Some(entry) = saga.outbox.first() else { return };
+    let meta = Meta {
+        message_id: entry.message_id,
+        saga_id: saga.id,
+        step: 0,
+        attempt: 0,
+        correlation_id: saga.correlation_id,
+        causation_id: None,
+        time: entry.time,
+    };
+    let message = Message::new(meta, Body::Start(StartSaga {})).expect("a start message is valid");
+    if let Err(error) = app.bus.publish(topics::REPLY, &message).await {
+        tracing::warn!(%error, "cannot publish the saga start; the timer will start it");
+    }
+}
+
+fn placed(saga: &SagaRecord) -> Placed {
+    Placed {
+        order_id: saga.id,
+        status: saga.status(),
+        state: saga.state.phase.name().to_owned(),
+        href: format!("/v1/orders/{}", saga.id),
+    }
+}
+
+/// Reads an order's status and its saga's state.
+pub async fn get_order(State(app): State<AppState>, Path(order_id): Path<String>) -> Result<Json<OrderView>, Problem> {
+    let not_found = || Problem::not_found(format!("no order {order_id}"));
+    let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
+    let saga = app.store.get(id).await?.ok_or_else(not_found)?;
+    let definition = app.definitions.get(&saga.definition, saga.definition_version);
+    let at = saga.state.phase.step_attempt();
+    let step = at.and_then(|(s, _)| definition.and_then(|d| d.step(s))).map(|s| s.name.to_owned());
+    Ok(Json(OrderView {
+        order_id: saga.id,
+        status: saga.status(),
+        state: saga.state.phase.name().to_owned(),
+        step,
+        attempt: at.map(|(_, a)| a),
+        reason: saga.state.reason.clone(),
+        version: saga.version,
+        items: saga.order.items.clone(),
+        amount_cents: saga.order.amount_cents,
+        currency: saga.order.currency,
+        created_at: saga.created_at,
+        updated_at: saga.updated_at,
+    }))
+}

@@ -1,0 +1,62 @@
+//! The orchestrator's settings, from the environment (see the README's configuration table).
+
+use std::time::Duration;
+
+use platform::config;
+use platform::kafka::KafkaSettings;
+use platform::mongo::MongoSettings;
+
+use crate::timers::TimerSettings;
+
+/// The key used for customer references when none is configured; fine for development only.
+pub const DEV_CUSTOMER_REF_KEY: &str = "dev-only-customer-ref-key-change-me";
+
+/// Everything the orchestrator is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HTTP_ADDR`, default `127.0.0.1:8080`.
+    pub http_addr: String,
+    /// Kafka (see `platform::kafka`).
+    pub kafka: KafkaSettings,
+    /// The database; `MONGODB_DATABASE`, default `orchestrator`.
+    pub mongo: MongoSettings,
+    /// `KAFKA_GROUP_ID`, default `orchestrator`.
+    pub group_id: String,
+    /// `SAGA_STEP_TIMEOUT_MS`, default 10000: how long a step waits for its reply before it is retried.
+    pub step_timeout: Duration,
+    /// `SAGA_TIMER_INTERVAL_MS` (default 200), `SAGA_START_GRACE_MS` (5000), `SAGA_TIMER_REFIRE_MS` (5000).
+    pub timer: TimerSettings,
+    /// `CUSTOMER_REF_KEY`: the secret behind customer references. Never logged.
+    pub customer_ref_key: String,
+}
+
+impl Settings {
+    /// Settings from the environment; refuses nonsense with a message naming the variable.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let millis = |name, default| -> Result<Duration, config::Error> {
+            config::parsed::<u64>(name, default).map(Duration::from_millis)
+        };
+        let settings = Self {
+            http_addr: config::string("HTTP_ADDR", "127.0.0.1:8080"),
+            kafka: KafkaSettings::from_env()?,
+            mongo: MongoSettings::from_env("MONGODB_DATABASE", "orchestrator"),
+            group_id: config::string("KAFKA_GROUP_ID", "orchestrator"),
+            step_timeout: millis("SAGA_STEP_TIMEOUT_MS", 10_000)?,
+            timer: TimerSettings {
+                interval: millis("SAGA_TIMER_INTERVAL_MS", 200)?,
+                start_grace: millis("SAGA_START_GRACE_MS", 5_000)?,
+                refire_after: millis("SAGA_TIMER_REFIRE_MS", 5_000)?,
+            },
+            customer_ref_key: config::string("CUSTOMER_REF_KEY", DEV_CUSTOMER_REF_KEY),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.step_timeout >= Duration::from_millis(50), "SAGA_STEP_TIMEOUT_MS must be at least 50");
+        anyhow::ensure!(self.timer.interval >= Duration::from_millis(10), "SAGA_TIMER_INTERVAL_MS must be at least 10");
+        anyhow::ensure!(self.customer_ref_key.len() >= 16, "CUSTOMER_REF_KEY must be at least 16 characters");
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! The reply consumer: reads `saga.reply` (participants' replies and the orchestrator's own start and
+//! timer messages) in the `orchestrator` consumer group and applies each message to its saga, one at a
+//! time per instance. Kafka assigns each partition to one instance, which makes that instance the only
+//! writer of the sagas keyed to it.
+//!
+//! An offset is stored only after the message's transition is durable; librdkafka commits stored offsets.
+//! A transient failure (database or Kafka down) retries the same message with exponential back-off and
+//! never moves past it. Undecodable messages go to `saga.reply.dlq`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use platform::kafka::{KafkaSettings, Publisher};
+use proto_events::{Message, topics};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, Origin, Outcome};
+use crate::metrics::{Metrics, TopicLabel};
+
+/// The partitions of `saga.reply` this instance owns right now.
+#[derive(Debug, Default)]
+pub struct Ownership {
+    partitions: RwLock<BTreeSet<i32>>,
+}
+
+impl Ownership {
+    /// The owned partitions.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
+    }
+
+    fn change(&self, added: &[i32], removed: &[i32]) {
+        let mut owned = self.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in removed {
+            owned.remove(p);
+        }
+        owned.extend(added);
+    }
+}
+
+/// Tracks assignments: revoked partitions stop being owned before the revocation completes; assigned ones
+/// are announced so that the consumer loop recovers their sagas before applying their messages.
+struct RebalanceContext {
+    topic: String,
+    ownership: Arc<Ownership>,
+    assigned: mpsc::UnboundedSender<Vec<i32>>,
+}
+
+impl RebalanceContext {
+    fn partitions(&self, list: &rdkafka::TopicPartitionList) -> Vec<i32> {
+        list.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect()
+    }
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked = self.partitions(list);
+            tracing::info!(?revoked, "partitions revoked");
+            self.ownership.change(&[], &revoked);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let assigned = self.partitions(list);
+                tracing::info!(?assigned, "partitions assigned");
+                self.ownership.change(&assigned, &[]);
+                let _ = self.assigned.send(assigned);
+            }
+            Rebalance::Error(error) => tracing::error!(%error, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+/// The consumer of `saga.reply`.
+pub struct ReplyConsumer {
+    consumer: StreamConsumer<RebalanceContext>,
+    assigned: mpsc::UnboundedReceiver<Vec<i32>>,
+    worker: Worker,
+}
+
+/// Applies or dead-letters single messages.
+struct Worker {
+    engine: Engine,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for ReplyConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyConsumer").finish_non_exhaustive()
+    }
+}
+
+impl ReplyConsumer {
+    /// Joins `group_id` and subscribes to the reply topic.
+    pub fn new(
+        settings: &KafkaSettings,
+        group_id: &str,
+        engine: Engine,
+        publisher: Publisher,
+        ownership: Arc<Ownership>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let topic = settings.topic(topics::REPLY);
+        let (tx, assigned) = mpsc::unbounded_channel();
+        let context = RebalanceContext { topic: topic.clone(), ownership, assigned: tx };
+        let consumer: StreamConsumer<RebalanceContext> =
+            settings.service_consumer_config(group_id).create_with_context(context)?;
+        consumer.subscribe(&[&topic])?;
+        Ok(Self { consumer, assigned, worker: Worker { engine, publisher, metrics } })
+    }
+
+    /// Applies messages until `shutdown` is cancelled; the message in hand is finished first.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { consumer, mut assigned, worker } = self;
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                message = consumer.recv() => message,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "consumer error");
+                    continue;
+                }
+            };
+            worker.recover_assigned(&mut assigned, &shutdown).await;
+            if !worker.process(&message, &shutdown).await {
+                return Ok(());
+            }
+            if let Err(error) = consumer.store_offset_from_message(&message) {
+                tracing::warn!(%error, partition = message.partition(), "cannot store offset (partition revoked?)");
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// Flushes the pending work of sagas in newly assigned partitions before applying their messages.
+    async fn recover_assigned(&self, assigned: &mut mpsc::UnboundedReceiver<Vec<i32>>, shutdown: &CancellationToken) {
+        while let Ok(partitions) = assigned.try_recv() {
+            let engine = self.engine.clone();
+            let done =
+                retry_until_done(shutdown, "recovering assigned partitions", || engine.recover(&partitions)).await;
+            if let Ok(count) = done {
+                tracing::info!(?partitions, sagas = count, "recovered pending sagas");
+            }
+        }
+    }
+
+    /// Applies one message; returns false if shutdown interrupted the retries.
+    async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+        let origin =
+            Origin { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+        let decoded = match Message::decode(message.payload().unwrap_or_default()) {
+            Ok(decoded) => decoded,
+            Err(error) => return self.dead_letter(message, &error.to_string(), shutdown).await,
+        };
+        let engine = self.engine.clone();
+        let outcome = retry_until_done(shutdown, "applying a message", || engine.handle(&decoded, &origin)).await;
+        match outcome {
+            Ok(Outcome::NotForOrchestrator) => {
+                let error = format!("{} does not belong on {}", decoded.body.message_type(), origin.topic);
+                self.dead_letter(message, &error, shutdown).await
+            }
+            Ok(outcome) => {
+                tracing::debug!(?outcome, offset = origin.offset, "message applied");
+                true
+            }
+            Err(Stop::Permanent(error)) => self.dead_letter(message, &error.to_string(), shutdown).await,
+            Err(Stop::Shutdown) => false,
+        }
+    }
+
+    async fn dead_letter(&self, message: &BorrowedMessage<'_>, error: &str, shutdown: &CancellationToken) -> bool {
+        tracing::warn!(error, partition = message.partition(), offset = message.offset(), "dead-lettering a message");
+        let sent = retry_until_done(shutdown, "dead-lettering", || async {
+            self.publisher.dead_letter(message, error, 1, "orchestrator").await.map_err(crate::engine::Error::Bus)
+        })
+        .await;
+        match sent {
+            Ok(_) => {
+                self.metrics.dead_letters.get_or_create(&TopicLabel { topic: message.topic().to_owned() }).inc();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Why [`retry_until_done`] stopped without a result.
+#[derive(Debug)]
+pub enum Stop {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The operation failed in a way retrying cannot fix.
+    Permanent(crate::engine::Error),
+}
+
+/// Runs `operation` until it succeeds or fails for good, backing off exponentially (up to 5 s) between
+/// transient failures.
+pub async fn retry_until_done<T, F, Fut>(shutdown: &CancellationToken, what: &str, mut operation: F) -> Result<T, Stop>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::engine::Error>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let mut delays = backoff.build();
+    loop {
+        match operation().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_transient() => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(%error, ?delay, "{what} failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(Stop::Shutdown),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "{what} failed permanently");
+                return Err(Stop::Permanent(error));
+            }
+        }
+    }
+}

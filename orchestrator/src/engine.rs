@@ -1,0 +1,413 @@
+//! The saga engine: applies one message to its saga and makes the result durable and visible.
+//!
+//! For every message read from a saga's partition, in order:
+//! 1. load the saga; first flush whatever an earlier run stored but did not publish (crash recovery);
+//! 2. compute the new state and actions with the pure core ([`saga_defs::apply`]);
+//! 3. write the new state, the messages to send (outbox) and the timeline entry in ONE conditional
+//!    document update (version + 1): from here on the transition is durable, and the caller may store the
+//!    message's offset once this function returns;
+//! 4. flush: publish the outbox (idempotent producer), append the timeline entry to `saga_log`, and empty the
+//!    outbox. A crash between 3 and 4 re-publishes on recovery; it never loses a message.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use proto_events::commands::{
+    CancelShipment, ChargePayment, CreateShipment, RefundPayment, ReleaseStock, ReserveStock,
+};
+use proto_events::{Body, Command, CommandKind, DecodeError, Line, Message, Meta, Reply, SagaTransitioned, topics};
+use saga_defs::{Action, Definition, SagaEvent, SagaState, apply};
+use uuid::Uuid;
+
+use crate::bus::Bus;
+use crate::clock::Clock;
+use crate::definitions::Definitions;
+use crate::metrics::{FenceLabel, Metrics, StateLabel, TopicLabel};
+use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
+use crate::store::{self, SagaStore};
+
+/// Most sagas flushed in one recovery pass; more are flushed as their next message arrives.
+const RECOVERY_BATCH: usize = 10_000;
+
+/// Why a message could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed; see [`Error::is_transient`].
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Publishing failed; retrying may succeed.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::Error),
+    /// The saga names a definition this build does not have.
+    #[error("saga {saga_id} uses definition {name} v{version}, which this orchestrator does not have")]
+    UnknownDefinition { saga_id: Uuid, name: String, version: u32 },
+    /// A message the engine built is invalid (a bug).
+    #[error("saga {saga_id}: cannot build {what}: {source}")]
+    Build { saga_id: Uuid, what: &'static str, source: DecodeError },
+    /// Personal data needed for a command is gone (purged).
+    #[error("saga {saga_id}: the order's personal data needed for {command:?} is missing")]
+    MissingPii { saga_id: Uuid, command: CommandKind },
+}
+
+impl Error {
+    /// Whether the same message may succeed if processed again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_transient() || matches!(e, store::Error::VersionConflict { .. }),
+            Error::Bus(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where a message was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// What became of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The saga moved from one state to another.
+    Transitioned { from: &'static str, to: &'static str },
+    /// The message was fenced; the reason is on the timeline.
+    Ignored(String),
+    /// No saga has the message's saga id.
+    UnknownSaga,
+    /// The message is not one the orchestrator consumes (a command or an event on the reply topic).
+    NotForOrchestrator,
+}
+
+/// Applies messages to sagas.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    store: Arc<dyn SagaStore>,
+    bus: Arc<dyn Bus>,
+    clock: Arc<dyn Clock>,
+    definitions: Arc<Definitions>,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// An engine over the given ports.
+    pub fn new(
+        store: Arc<dyn SagaStore>,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn Clock>,
+        definitions: Arc<Definitions>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { store, bus, clock, definitions, metrics }
+    }
+
+    /// The saga store.
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.store
+    }
+
+    /// Applies `message`, read at `origin`, to its saga. When this returns `Ok`, the effect is durable.
+    #[tracing::instrument(skip_all, fields(saga_id = %message.meta.saga_id, message_type = message.body.message_type()))]
+    pub async fn handle(&self, message: &Message, origin: &Origin) -> Result<Outcome, Error> {
+        let Some(event) = to_event(message) else { return Ok(Outcome::NotForOrchestrator) };
+        let Some(saga) = self.store.get(message.meta.saga_id).await? else {
+            tracing::warn!(offset = origin.offset, partition = origin.partition, "message for an unknown saga");
+            self.metrics.fenced.get_or_create(&FenceLabel { fence: "unknown_saga".into() }).inc();
+            return Ok(Outcome::UnknownSaga);
+        };
+        let saga = self.settle(saga, &event).await?;
+        let definition = self.definition(&saga)?;
+        let now = self.clock.now();
+        let (state, actions) = apply(&saga.state, &event, definition, now);
+        let next = self.next_record(&saga, state, &actions, message, origin, definition, now);
+        self.store.replace(&next, saga.version).await?;
+        self.observe(&saga, &next, &actions, now);
+        self.flush(&next).await?;
+        Ok(outcome(&saga, &next, &actions))
+    }
+
+    fn definition(&self, saga: &SagaRecord) -> Result<&Definition, Error> {
+        self.definitions.get(&saga.definition, saga.definition_version).ok_or_else(|| Error::UnknownDefinition {
+            saga_id: saga.id,
+            name: saga.definition.clone(),
+            version: saga.definition_version,
+        })
+    }
+
+    /// Flushes what an earlier run left pending, so that the new transition does not overwrite it. A pending
+    /// start message is dropped when the start itself is what arrived.
+    async fn settle(&self, mut saga: SagaRecord, event: &SagaEvent) -> Result<SagaRecord, Error> {
+        if !saga.has_pending() {
+            return Ok(saga);
+        }
+        if *event == SagaEvent::Start {
+            saga.outbox.retain(|entry| entry.outgoing != Outgoing::Start);
+        }
+        self.flush(&saga).await?;
+        saga.outbox.clear();
+        saga.pending_log.clear();
+        Ok(saga)
+    }
+
+    /// Publishes the saga's outbox, appends its pending timeline entries, then empties both if the saga is
+    /// still at the same version.
+    pub async fn flush(&self, saga: &SagaRecord) -> Result<(), Error> {
+        if !saga.has_pending() {
+            return Ok(());
+        }
+        let mut pii: Option<OrderPii> = None;
+        for entry in &saga.outbox {
+            let (topic, message) = self.build(saga, entry, &mut pii).await?;
+            self.bus.publish(topic, &message).await?;
+            self.metrics.published.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc();
+        }
+        self.store.append_log(&saga.pending_log).await?;
+        self.store.clear_pending(saga.id, saga.version).await?;
+        Ok(())
+    }
+
+    /// Flushes every saga with pending work in `partitions` (after the instance was assigned them).
+    pub async fn recover(&self, partitions: &[i32]) -> Result<usize, Error> {
+        let pending = self.store.pending(partitions, RECOVERY_BATCH).await?;
+        for saga in &pending {
+            self.flush(saga).await?;
+        }
+        Ok(pending.len())
+    }
+
+    /// The message an outbox entry stands for, and its topic.
+    async fn build(
+        &self,
+        saga: &SagaRecord,
+        entry: &OutboxEntry,
+        pii: &mut Option<OrderPii>,
+    ) -> Result<(&'static str, Message), Error> {
+        let meta = Meta {
+            message_id: entry.message_id,
+            saga_id: saga.id,
+            step: entry.step,
+            attempt: entry.attempt,
+            correlation_id: saga.correlation_id,
+            causation_id: entry.causation_id,
+            time: entry.time,
+        };
+        let (topic, body, what) = match &entry.outgoing {
+            Outgoing::Start => (topics::REPLY, Body::Start(proto_events::StartSaga {}), "saga.start"),
+            Outgoing::Transitioned { event } => (topics::EVENT, Body::Transitioned(event.clone()), "saga.transitioned"),
+            Outgoing::Command { command } => {
+                let needs_pii = matches!(command, CommandKind::PaymentCharge | CommandKind::ShippingCreate);
+                if needs_pii && pii.is_none() {
+                    *pii = self.store.get_pii(saga.id).await?;
+                }
+                let body = Body::Command(command_for(saga, *command, pii.as_ref())?);
+                (command.participant().command_topic(), body, command.message_type())
+            }
+        };
+        let message = Message::new(meta, body).map_err(|source| Error::Build { saga_id: saga.id, what, source })?;
+        Ok((topic, message))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn next_record(
+        &self,
+        saga: &SagaRecord,
+        state: SagaState,
+        actions: &[Action],
+        message: &Message,
+        origin: &Origin,
+        definition: &Definition,
+        now: DateTime<Utc>,
+    ) -> SagaRecord {
+        let mut next = saga.clone();
+        next.version = saga.version + 1;
+        next.updated_at = now;
+        let changed = state.phase != saga.state.phase;
+        if changed {
+            next.state_since = now;
+        }
+        next.state = state;
+        let cause = Some(message.meta.message_id);
+        let outbox_entry = |step, attempt, outgoing| OutboxEntry {
+            message_id: Uuid::now_v7(),
+            causation_id: cause,
+            time: now,
+            step,
+            attempt,
+            outgoing,
+        };
+        let mut note = None;
+        for action in actions {
+            match action {
+                Action::Send { step, attempt, command } => {
+                    next.outbox.push(outbox_entry(*step, *attempt, Outgoing::Command { command: *command }));
+                }
+                Action::Ignore(fence) => note = Some(fence.describe()),
+            }
+        }
+        if changed {
+            let (step, attempt) = next.state.phase.step_attempt().unwrap_or((0, 0));
+            let event = transitioned(saga, &next, definition);
+            next.outbox.push(outbox_entry(step, attempt, Outgoing::Transitioned { event }));
+        } else if note.is_none() {
+            note = next.state.reason.clone();
+        }
+        let kind = if changed { EntryKind::Transition } else { EntryKind::Ignored };
+        let entry = log_entry(saga, &next, kind, message, origin, note, now);
+        next.pending_log.push(entry);
+        next
+    }
+
+    fn observe(&self, before: &SagaRecord, after: &SagaRecord, actions: &[Action], now: DateTime<Utc>) {
+        for action in actions {
+            if let Action::Ignore(fence) = action {
+                let fence = fence_name(fence).to_owned();
+                self.metrics.fenced.get_or_create(&FenceLabel { fence }).inc();
+            }
+        }
+        if before.state.phase == after.state.phase {
+            return;
+        }
+        let state = after.state.phase.name().to_owned();
+        self.metrics.transitions.get_or_create(&StateLabel { state }).inc();
+        if after.status().is_terminal() {
+            let status = after.status().as_str().to_owned();
+            self.metrics.sagas_finished.get_or_create(&StateLabel { state: status }).inc();
+            let seconds = (now - after.created_at).num_milliseconds() as f64 / 1000.0;
+            self.metrics.order_seconds.observe(seconds.max(0.0));
+            tracing::info!(status = after.status().as_str(), seconds, "saga finished");
+        }
+    }
+}
+
+fn fence_name(fence: &saga_defs::Fenced) -> &'static str {
+    match fence {
+        saga_defs::Fenced::Duplicate(_) => "duplicate",
+        saga_defs::Fenced::Stale(_) => "stale",
+        saga_defs::Fenced::OutOfOrder(_) => "out_of_order",
+        saga_defs::Fenced::Terminal(_) => "terminal",
+    }
+}
+
+fn outcome(before: &SagaRecord, after: &SagaRecord, actions: &[Action]) -> Outcome {
+    match actions.iter().find_map(|a| if let Action::Ignore(f) = a { Some(f.describe()) } else { None }) {
+        Some(reason) => Outcome::Ignored(reason),
+        None => Outcome::Transitioned { from: before.state.phase.name(), to: after.state.phase.name() },
+    }
+}
+
+/// The saga event a message stands for, if the orchestrator consumes it.
+fn to_event(message: &Message) -> Option<SagaEvent> {
+    let (step, attempt) = (message.meta.step, message.meta.attempt);
+    match &message.body {
+        Body::Start(_) => Some(SagaEvent::Start),
+        Body::Reply { command, reply } => {
+            Some(SagaEvent::Reply { step, attempt, command: *command, reply: reply.clone() })
+        }
+        Body::Timer(timer) => Some(SagaEvent::Timer { step, attempt, kind: timer.kind }),
+        Body::Command(_) | Body::Transitioned(_) => None,
+    }
+}
+
+/// The command `kind` for `saga`, with the order data it needs.
+fn command_for(saga: &SagaRecord, kind: CommandKind, pii: Option<&OrderPii>) -> Result<Command, Error> {
+    let lines = || saga.order.items.iter().map(|l| Line { sku: l.sku.clone(), quantity: l.quantity }).collect();
+    let pii = || pii.ok_or(Error::MissingPii { saga_id: saga.id, command: kind });
+    Ok(match kind {
+        CommandKind::InventoryReserve => Command::InventoryReserve(ReserveStock { items: lines() }),
+        CommandKind::InventoryRelease => Command::InventoryRelease(ReleaseStock {}),
+        CommandKind::PaymentCharge => Command::PaymentCharge(ChargePayment {
+            amount_cents: saga.order.amount_cents,
+            currency: saga.order.currency,
+            payment_token: pii()?.payment_token.clone(),
+            customer_ref: saga.order.customer_ref.clone(),
+        }),
+        CommandKind::PaymentRefund => Command::PaymentRefund(RefundPayment {}),
+        CommandKind::ShippingCreate => {
+            Command::ShippingCreate(CreateShipment { items: lines(), address: pii()?.shipping_address.clone() })
+        }
+        CommandKind::ShippingCancel => Command::ShippingCancel(CancelShipment {}),
+    })
+}
+
+/// The lifecycle event of the transition from `before` to `after`.
+fn transitioned(before: &SagaRecord, after: &SagaRecord, definition: &Definition) -> SagaTransitioned {
+    let step_name =
+        after.state.phase.step_attempt().and_then(|(step, _)| definition.step(step)).map(|s| s.name.to_owned());
+    SagaTransitioned {
+        definition: after.definition.clone(),
+        definition_version: after.definition_version,
+        from: before.state.phase.name().to_owned(),
+        to: after.state.phase.name().to_owned(),
+        status: after.status(),
+        step_name,
+        reason: after.state.reason.clone(),
+        version: after.version,
+        customer_ref: after.order.customer_ref.clone(),
+    }
+}
+
+fn log_entry(
+    before: &SagaRecord,
+    after: &SagaRecord,
+    kind: EntryKind,
+    message: &Message,
+    origin: &Origin,
+    note: Option<String>,
+    now: DateTime<Utc>,
+) -> LogEntry {
+    let outcome = match &message.body {
+        Body::Reply { reply: Reply::Succeeded { .. }, .. } => Some("succeeded".to_owned()),
+        Body::Reply { reply: Reply::Failed { kind, reason }, .. } => Some(format!("failed ({kind:?}): {reason}")),
+        Body::Timer(timer) => Some(format!("{:?} due at {}", timer.kind, timer.due_at)),
+        _ => None,
+    };
+    let received = Received {
+        message_id: message.meta.message_id,
+        message_type: message.body.message_type().to_owned(),
+        topic: origin.topic.clone(),
+        partition: origin.partition,
+        offset: origin.offset,
+        step: message.meta.step,
+        attempt: message.meta.attempt,
+        outcome,
+    };
+    let sent = after
+        .outbox
+        .iter()
+        .filter(|e| !before.outbox.iter().any(|b| b.message_id == e.message_id))
+        .map(|e| Sent {
+            message_id: e.message_id,
+            message_type: match &e.outgoing {
+                Outgoing::Command { command } => command.message_type().to_owned(),
+                Outgoing::Transitioned { .. } => proto_events::registry::TRANSITIONED.to_owned(),
+                Outgoing::Start => proto_events::registry::START.to_owned(),
+            },
+            topic: match &e.outgoing {
+                Outgoing::Command { command } => command.participant().command_topic().to_owned(),
+                Outgoing::Transitioned { .. } => topics::EVENT.to_owned(),
+                Outgoing::Start => topics::REPLY.to_owned(),
+            },
+            step: e.step,
+            attempt: e.attempt,
+        })
+        .collect();
+    let at = after.state.phase.step_attempt();
+    LogEntry {
+        saga_id: after.id,
+        seq: after.version,
+        at: now,
+        kind,
+        from: before.state.phase.name().to_owned(),
+        to: after.state.phase.name().to_owned(),
+        step: at.map(|(s, _)| s),
+        attempt: at.map(|(_, a)| a),
+        received: Some(received),
+        sent,
+        note,
+    }
+}

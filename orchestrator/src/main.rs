@@ -1,0 +1,27 @@
+//! The orchestrator service.
+
+use std::process::ExitCode;
+
+use orchestrator::Application;
+use orchestrator::config::Settings;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    platform::telemetry::init_logging("orchestrator");
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "orchestrator stopped");
+            eprintln!("orchestrator: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let shutdown = platform::shutdown::on_signal();
+    let app = Application::build(settings).await?;
+    tracing::info!(port = app.port(), "orchestrator listening");
+    app.run_until_stopped(shutdown).await
+}

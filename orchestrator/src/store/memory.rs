@@ -1,0 +1,157 @@
+//! An in-memory saga store for unit tests and the simulator. Same contract as the MongoDB store,
+//! deterministic iteration order.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use saga_defs::Phase;
+use uuid::Uuid;
+
+use super::{Claim, Due, Error, SagaStore};
+use crate::model::{LogEntry, OrderPii, SagaRecord};
+
+#[derive(Debug, Default)]
+struct Inner {
+    sagas: BTreeMap<Uuid, SagaRecord>,
+    log: BTreeMap<(Uuid, u64), LogEntry>,
+    pii: BTreeMap<Uuid, OrderPii>,
+    keys: BTreeMap<String, (Uuid, String)>,
+}
+
+/// The saga store in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every saga, by id.
+    pub fn all(&self) -> Vec<SagaRecord> {
+        self.lock().sagas.values().cloned().collect()
+    }
+}
+
+fn select<'a>(
+    sagas: &'a BTreeMap<Uuid, SagaRecord>,
+    partitions: &'a [i32],
+    keep: impl Fn(&SagaRecord) -> bool + 'a,
+) -> impl Iterator<Item = &'a SagaRecord> + 'a {
+    sagas.values().filter(move |s| partitions.contains(&s.partition) && keep(s))
+}
+
+#[async_trait]
+impl SagaStore for MemoryStore {
+    async fn prepare(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn insert(&self, saga: &SagaRecord) -> Result<(), Error> {
+        let mut inner = self.lock();
+        if inner.sagas.contains_key(&saga.id) {
+            return Err(Error::Duplicate { what: "saga", id: saga.id.to_string() });
+        }
+        inner.sagas.insert(saga.id, saga.clone());
+        Ok(())
+    }
+
+    async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error> {
+        Ok(self.lock().sagas.get(&saga_id).cloned())
+    }
+
+    async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
+        let mut inner = self.lock();
+        match inner.sagas.get_mut(&saga.id) {
+            Some(stored) if stored.version == expected_version => {
+                *stored = saga.clone();
+                Ok(())
+            }
+            _ => Err(Error::VersionConflict { saga_id: saga.id, expected: expected_version }),
+        }
+    }
+
+    async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
+        let mut inner = self.lock();
+        match inner.sagas.get_mut(&saga_id) {
+            Some(stored) if stored.version == version => {
+                stored.outbox.clear();
+                stored.pending_log.clear();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error> {
+        let mut inner = self.lock();
+        for entry in entries {
+            inner.log.entry((entry.saga_id, entry.seq)).or_insert_with(|| entry.clone());
+        }
+        Ok(())
+    }
+
+    async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error> {
+        let inner = self.lock();
+        Ok(inner.log.range((saga_id, 0)..=(saga_id, u64::MAX)).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {
+        let inner = self.lock();
+        let mut due: Vec<Due> = select(&inner.sagas, partitions, |s| s.state.deadline.is_some_and(|d| d.at <= now))
+            .filter_map(|s| {
+                s.state.deadline.map(|deadline| Due { saga_id: s.id, deadline, correlation_id: s.correlation_id })
+            })
+            .collect();
+        due.sort_by_key(|d| (d.deadline.at, d.saga_id));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
+        let inner = self.lock();
+        Ok(select(&inner.sagas, partitions, SagaRecord::has_pending).take(limit).cloned().collect())
+    }
+
+    async fn not_started(
+        &self,
+        partitions: &[i32],
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<SagaRecord>, Error> {
+        let inner = self.lock();
+        let keep = |s: &SagaRecord| s.state.phase == Phase::Started && s.created_at < before;
+        Ok(select(&inner.sagas, partitions, keep).take(limit).cloned().collect())
+    }
+
+    async fn insert_pii(&self, order_id: Uuid, pii: &OrderPii) -> Result<(), Error> {
+        let mut inner = self.lock();
+        if inner.pii.contains_key(&order_id) {
+            return Err(Error::Duplicate { what: "order data", id: order_id.to_string() });
+        }
+        inner.pii.insert(order_id, pii.clone());
+        Ok(())
+    }
+
+    async fn get_pii(&self, order_id: Uuid) -> Result<Option<OrderPii>, Error> {
+        Ok(self.lock().pii.get(&order_id).cloned())
+    }
+
+    async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {
+        let mut inner = self.lock();
+        if let Some((order_id, request_hash)) = inner.keys.get(key) {
+            return Ok(Claim::Existing { order_id: *order_id, request_hash: request_hash.clone() });
+        }
+        inner.keys.insert(key.to_owned(), (order_id, request_hash.to_owned()));
+        Ok(Claim::New)
+    }
+}

@@ -1,0 +1,109 @@
+//! The saga store port: where sagas, their timelines, the orders' personal data and idempotency keys live.
+//! [`mongo::MongoStore`] is the real one (MongoDB or FerretDB); [`memory::MemoryStore`] serves unit tests
+//! and the simulator.
+//!
+//! Every write to a saga document comes from the instance that owns the saga's partition, one at a time, and
+//! is conditional on the version it read: the condition fences an instance that lost the partition, and the
+//! single writer keeps FerretDB (whose conditional updates are not atomic) correct.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::model::{LogEntry, OrderPii, SagaRecord};
+
+pub mod memory;
+pub mod mongo;
+
+/// A store operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The saga was written by someone else since it was read.
+    #[error("saga {saga_id} is no longer at version {expected}")]
+    VersionConflict { saga_id: Uuid, expected: u64 },
+    /// A document with this id exists already.
+    #[error("{what} {id} exists already")]
+    Duplicate { what: &'static str, id: String },
+    /// A stored document does not have the expected shape.
+    #[error("stored {what} {id} is unreadable: {reason}")]
+    Corrupt { what: &'static str, id: String, reason: String },
+    /// The database failed or did not answer; retrying may help.
+    #[error("database error during {operation}: {source}")]
+    Database { operation: &'static str, source: mongodb::error::Error },
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Database { .. })
+    }
+}
+
+/// The outcome of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is new and now belongs to the given order.
+    New,
+    /// The key was claimed before, for this order and request.
+    Existing { order_id: Uuid, request_hash: String },
+}
+
+/// A saga whose deadline has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The saga.
+    pub saga_id: Uuid,
+    /// The deadline, as stored.
+    pub deadline: saga_defs::Deadline,
+    /// Shared by the saga's messages.
+    pub correlation_id: Uuid,
+}
+
+/// Where sagas live.
+#[async_trait]
+pub trait SagaStore: Send + Sync + std::fmt::Debug {
+    /// Creates the indexes the store needs (idempotent).
+    async fn prepare(&self) -> Result<(), Error>;
+
+    /// Stores a new saga; [`Error::Duplicate`] if its id exists.
+    async fn insert(&self, saga: &SagaRecord) -> Result<(), Error>;
+
+    /// The saga with this id.
+    async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error>;
+
+    /// Replaces the saga if it is still at `expected_version`; [`Error::VersionConflict`] otherwise.
+    async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error>;
+
+    /// Empties the outbox and pending timeline of the saga if it is still at `version` (no version bump:
+    /// nothing about the saga changes). Returns whether it was at that version.
+    async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error>;
+
+    /// Appends timeline entries; entries already there (same saga and seq) are skipped.
+    async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error>;
+
+    /// The saga's timeline, oldest first.
+    async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error>;
+
+    /// Sagas in `partitions` whose deadline is at or before `now`, earliest first, at most `limit`.
+    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error>;
+
+    /// Sagas in `partitions` with an unflushed outbox or timeline, at most `limit`.
+    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error>;
+
+    /// Sagas in `partitions` still in state STARTED and created before `before`, at most `limit`.
+    async fn not_started(
+        &self,
+        partitions: &[i32],
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<SagaRecord>, Error>;
+
+    /// Stores the order's personal data; [`Error::Duplicate`] if stored already.
+    async fn insert_pii(&self, order_id: Uuid, pii: &OrderPii) -> Result<(), Error>;
+
+    /// The order's personal data, unless purged.
+    async fn get_pii(&self, order_id: Uuid) -> Result<Option<OrderPii>, Error>;
+
+    /// Claims `key` for `order_id` (a new order of request `request_hash`), or says who has it.
+    async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
+}

@@ -1,0 +1,344 @@
+//! The saga store on MongoDB (or FerretDB). Collections: `sagas` (one document per saga, with its outbox
+//! and unflushed timeline entries), `saga_log` (the append-only timeline, unique by saga id and seq),
+//! `orders_pii` (personal data, apart so it can be purged) and `idempotency_keys`.
+//!
+//! Ids are stored as strings and times that are queried as BSON dates, through explicit document types,
+//! so that filters and documents always agree on representation.
+
+use async_trait::async_trait;
+use bson::serde_helpers::datetime::FromChrono04DateTime;
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use saga_defs::{Deadline, Phase, SagaState};
+use serde::{Deserialize, Serialize};
+use serde_with::serde_as;
+use uuid::Uuid;
+
+use super::{Claim, Due, Error, SagaStore};
+use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
+
+/// The saga store on a MongoDB database.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    sagas: Collection<SagaDoc>,
+    log: Collection<LogEntry>,
+    pii: Collection<PiiDoc>,
+    keys: Collection<KeyDoc>,
+}
+
+impl MongoStore {
+    /// A store in `db`.
+    pub fn new(db: &Database) -> Self {
+        Self {
+            sagas: db.collection("sagas"),
+            log: db.collection("saga_log"),
+            pii: db.collection("orders_pii"),
+            keys: db.collection("idempotency_keys"),
+        }
+    }
+}
+
+#[serde_as]
+#[derive(Debug, Serialize, Deserialize)]
+struct SagaDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    version: i64,
+    definition: String,
+    definition_version: i64,
+    /// The state's name, for queries (also inside `phase`).
+    state: String,
+    phase: Phase,
+    status: String,
+    reason: Option<String>,
+    deadline: Option<Deadline>,
+    /// The deadline as a BSON date, for the timer query.
+    #[serde_as(as = "Option<FromChrono04DateTime>")]
+    deadline_at: Option<DateTime<Utc>>,
+    partition: i32,
+    correlation_id: String,
+    order: OrderSummary,
+    #[serde_as(as = "FromChrono04DateTime")]
+    created_at: DateTime<Utc>,
+    #[serde_as(as = "FromChrono04DateTime")]
+    updated_at: DateTime<Utc>,
+    #[serde_as(as = "FromChrono04DateTime")]
+    state_since: DateTime<Utc>,
+    outbox: Vec<OutboxEntry>,
+    pending_log: Vec<LogEntry>,
+    /// Whether `outbox` or `pending_log` has entries, for the recovery query.
+    pending: bool,
+}
+
+impl From<&SagaRecord> for SagaDoc {
+    fn from(saga: &SagaRecord) -> Self {
+        Self {
+            id: saga.id.to_string(),
+            version: i64::try_from(saga.version).unwrap_or(i64::MAX),
+            definition: saga.definition.clone(),
+            definition_version: i64::from(saga.definition_version),
+            state: saga.state.phase.name().to_owned(),
+            phase: saga.state.phase,
+            status: saga.status().as_str().to_owned(),
+            reason: saga.state.reason.clone(),
+            deadline: saga.state.deadline,
+            deadline_at: saga.state.deadline.map(|d| d.at),
+            partition: saga.partition,
+            correlation_id: saga.correlation_id.to_string(),
+            order: saga.order.clone(),
+            created_at: saga.created_at,
+            updated_at: saga.updated_at,
+            state_since: saga.state_since,
+            outbox: saga.outbox.clone(),
+            pending_log: saga.pending_log.clone(),
+            pending: saga.has_pending(),
+        }
+    }
+}
+
+impl TryFrom<SagaDoc> for SagaRecord {
+    type Error = Error;
+
+    fn try_from(doc: SagaDoc) -> Result<Self, Error> {
+        let corrupt = |reason: String| Error::Corrupt { what: "saga", id: doc.id.clone(), reason };
+        let id = Uuid::parse_str(&doc.id).map_err(|e| corrupt(format!("_id: {e}")))?;
+        let correlation_id =
+            Uuid::parse_str(&doc.correlation_id).map_err(|e| corrupt(format!("correlation_id: {e}")))?;
+        Ok(SagaRecord {
+            id,
+            version: u64::try_from(doc.version).map_err(|e| corrupt(format!("version: {e}")))?,
+            definition_version: u32::try_from(doc.definition_version)
+                .map_err(|e| corrupt(format!("definition_version: {e}")))?,
+            definition: doc.definition,
+            state: SagaState { phase: doc.phase, deadline: doc.deadline, reason: doc.reason },
+            partition: doc.partition,
+            correlation_id,
+            order: doc.order,
+            created_at: doc.created_at,
+            updated_at: doc.updated_at,
+            state_since: doc.state_since,
+            outbox: doc.outbox,
+            pending_log: doc.pending_log,
+        })
+    }
+}
+
+#[serde_as]
+#[derive(Debug, Serialize, Deserialize)]
+struct PiiDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(flatten)]
+    pii: OrderPii,
+    #[serde_as(as = "FromChrono04DateTime")]
+    created_at: DateTime<Utc>,
+}
+
+#[serde_as]
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyDoc {
+    #[serde(rename = "_id")]
+    key: String,
+    order_id: String,
+    request_hash: String,
+    #[serde_as(as = "FromChrono04DateTime")]
+    created_at: DateTime<Utc>,
+}
+
+fn db(operation: &'static str) -> impl FnOnce(mongodb::error::Error) -> Error {
+    move |source| Error::Database { operation, source }
+}
+
+fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    match &*error.kind {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == 11000,
+        ErrorKind::InsertMany(e) => e.write_errors.as_ref().is_some_and(|w| w.iter().all(|e| e.code == 11000)),
+        _ => false,
+    }
+}
+
+fn in_partitions(partitions: &[i32]) -> Document {
+    doc! { "partition": { "$in": partitions.to_vec() } }
+}
+
+async fn collect<T>(cursor: mongodb::Cursor<T>, operation: &'static str) -> Result<Vec<T>, Error>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+{
+    cursor.try_collect().await.map_err(db(operation))
+}
+
+fn bson_date(time: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(time)
+}
+
+#[async_trait]
+impl SagaStore for MongoStore {
+    async fn prepare(&self) -> Result<(), Error> {
+        let index = |keys: Document, name: &str, unique: bool| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).unique(unique).build())
+                .build()
+        };
+        self.sagas
+            .create_indexes([
+                index(doc! { "partition": 1, "deadline_at": 1 }, "partition_deadline", false),
+                index(doc! { "partition": 1, "pending": 1 }, "partition_pending", false),
+                index(doc! { "partition": 1, "state": 1, "created_at": 1 }, "partition_state_created", false),
+                index(doc! { "status": 1, "updated_at": 1 }, "status_updated", false),
+            ])
+            .await
+            .map_err(db("create saga indexes"))?;
+        self.log
+            .create_index(index(doc! { "saga_id": 1, "seq": 1 }, "saga_seq", true))
+            .await
+            .map_err(db("create saga_log index"))?;
+        Ok(())
+    }
+
+    async fn insert(&self, saga: &SagaRecord) -> Result<(), Error> {
+        match self.sagas.insert_one(SagaDoc::from(saga)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(Error::Duplicate { what: "saga", id: saga.id.to_string() }),
+            Err(e) => Err(db("insert saga")(e)),
+        }
+    }
+
+    async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error> {
+        let found = self.sagas.find_one(doc! { "_id": saga_id.to_string() }).await.map_err(db("read saga"))?;
+        found.map(SagaRecord::try_from).transpose()
+    }
+
+    async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
+        let filter =
+            doc! { "_id": saga.id.to_string(), "version": i64::try_from(expected_version).unwrap_or(i64::MAX) };
+        let result = self.sagas.replace_one(filter, SagaDoc::from(saga)).await.map_err(db("replace saga"))?;
+        if result.matched_count == 0 {
+            return Err(Error::VersionConflict { saga_id: saga.id, expected: expected_version });
+        }
+        Ok(())
+    }
+
+    async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
+        let filter = doc! { "_id": saga_id.to_string(), "version": i64::try_from(version).unwrap_or(i64::MAX) };
+        let update = doc! { "$set": { "outbox": [], "pending_log": [], "pending": false } };
+        let result = self.sagas.update_one(filter, update).await.map_err(db("clear saga outbox"))?;
+        Ok(result.matched_count == 1)
+    }
+
+    async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        match self.log.insert_many(entries).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(db("append to saga_log")(e)),
+        }
+    }
+
+    async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error> {
+        let cursor = self
+            .log
+            .find(doc! { "saga_id": saga_id.to_string() })
+            .sort(doc! { "seq": 1 })
+            .await
+            .map_err(db("read saga_log"))?;
+        collect(cursor, "read saga_log").await
+    }
+
+    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {
+        let mut filter = in_partitions(partitions);
+        filter.insert("deadline_at", doc! { "$lte": bson_date(now) });
+        let cursor = self
+            .sagas
+            .find(filter)
+            .sort(doc! { "deadline_at": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(db("find due sagas"))?;
+        let docs = collect(cursor, "find due sagas").await?;
+        let mut due = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let saga = SagaRecord::try_from(doc)?;
+            if let Some(deadline) = saga.state.deadline {
+                due.push(Due { saga_id: saga.id, deadline, correlation_id: saga.correlation_id });
+            }
+        }
+        Ok(due)
+    }
+
+    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
+        let mut filter = in_partitions(partitions);
+        filter.insert("pending", true);
+        let cursor = self
+            .sagas
+            .find(filter)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(db("find pending sagas"))?;
+        collect(cursor, "find pending sagas").await?.into_iter().map(SagaRecord::try_from).collect()
+    }
+
+    async fn not_started(
+        &self,
+        partitions: &[i32],
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<SagaRecord>, Error> {
+        let mut filter = in_partitions(partitions);
+        filter.insert("state", "STARTED");
+        filter.insert("created_at", doc! { "$lt": bson_date(before) });
+        let cursor = self
+            .sagas
+            .find(filter)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(db("find sagas not started"))?;
+        collect(cursor, "find sagas not started").await?.into_iter().map(SagaRecord::try_from).collect()
+    }
+
+    async fn insert_pii(&self, order_id: Uuid, pii: &OrderPii) -> Result<(), Error> {
+        let doc = PiiDoc { id: order_id.to_string(), pii: pii.clone(), created_at: Utc::now() };
+        match self.pii.insert_one(doc).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(Error::Duplicate { what: "order data", id: order_id.to_string() }),
+            Err(e) => Err(db("insert order data")(e)),
+        }
+    }
+
+    async fn get_pii(&self, order_id: Uuid) -> Result<Option<OrderPii>, Error> {
+        let found = self.pii.find_one(doc! { "_id": order_id.to_string() }).await.map_err(db("read order data"))?;
+        Ok(found.map(|d| d.pii))
+    }
+
+    async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {
+        let doc = KeyDoc {
+            key: key.to_owned(),
+            order_id: order_id.to_string(),
+            request_hash: request_hash.to_owned(),
+            created_at: Utc::now(),
+        };
+        match self.keys.insert_one(doc).await {
+            Ok(_) => Ok(Claim::New),
+            Err(e) if is_duplicate_key(&e) => {
+                let existing =
+                    self.keys.find_one(doc! { "_id": key }).await.map_err(db("read idempotency key"))?.ok_or_else(
+                        || Error::Corrupt { what: "idempotency key", id: key.to_owned(), reason: "vanished".into() },
+                    )?;
+                let order_id = Uuid::parse_str(&existing.order_id).map_err(|e| Error::Corrupt {
+                    what: "idempotency key",
+                    id: key.to_owned(),
+                    reason: e.to_string(),
+                })?;
+                Ok(Claim::Existing { order_id, request_hash: existing.request_hash })
+            }
+            Err(e) => Err(db("claim idempotency key")(e)),
+        }
+    }
+}
