@@ -128,6 +128,10 @@ impl ReplyConsumer {
         loop {
             let message = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                Some(partitions) = assigned.recv() => {
+                    worker.recover(partitions, &shutdown).await;
+                    continue;
+                }
                 message = consumer.recv() => message,
             };
             let message = match message {
@@ -137,7 +141,10 @@ impl ReplyConsumer {
                     continue;
                 }
             };
-            worker.recover_assigned(&mut assigned, &shutdown).await;
+            // A rebalance happens inside `recv`: recover newly assigned partitions before their messages.
+            while let Ok(partitions) = assigned.try_recv() {
+                worker.recover(partitions, &shutdown).await;
+            }
             if !worker.process(&message, &shutdown).await {
                 return Ok(());
             }
@@ -149,15 +156,12 @@ impl ReplyConsumer {
 }
 
 impl Worker {
-    /// Flushes the pending work of sagas in newly assigned partitions before applying their messages.
-    async fn recover_assigned(&self, assigned: &mut mpsc::UnboundedReceiver<Vec<i32>>, shutdown: &CancellationToken) {
-        while let Ok(partitions) = assigned.try_recv() {
-            let engine = self.engine.clone();
-            let done =
-                retry_until_done(shutdown, "recovering assigned partitions", || engine.recover(&partitions)).await;
-            if let Ok(count) = done {
-                tracing::info!(?partitions, sagas = count, "recovered pending sagas");
-            }
+    /// Flushes the pending work of sagas in newly assigned partitions.
+    async fn recover(&self, partitions: Vec<i32>, shutdown: &CancellationToken) {
+        let engine = self.engine.clone();
+        let done = retry_until_done(shutdown, "recovering assigned partitions", || engine.recover(&partitions)).await;
+        if let Ok(count) = done {
+            tracing::info!(?partitions, sagas = count, "recovered pending sagas");
         }
     }
 

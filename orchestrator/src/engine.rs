@@ -308,7 +308,7 @@ fn to_event(message: &Message) -> Option<SagaEvent> {
         Body::Reply { command, reply } => {
             Some(SagaEvent::Reply { step, attempt, command: *command, reply: reply.clone() })
         }
-        Body::Timer(timer) => Some(SagaEvent::Timer { step, attempt, kind: timer.kind }),
+        Body::Timer(timer) => Some(SagaEvent::Timer { step, attempt, kind: timer.kind, due_at: timer.due_at }),
         Body::Command(_) | Body::Transitioned(_) => None,
     }
 }

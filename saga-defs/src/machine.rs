@@ -138,8 +138,10 @@ pub enum SagaEvent {
     Start,
     /// A participant's reply to the command of kind `command` for `step`, `attempt`.
     Reply { step: u16, attempt: u32, command: CommandKind, reply: Reply },
-    /// A deadline of `kind` for `step`, `attempt` passed.
-    Timer { step: u16, attempt: u32, kind: DeadlineKind },
+    /// The deadline of `kind` for `step`, `attempt`, due at `due_at`, passed. It applies only if it is the
+    /// saga's current deadline: a timer of an earlier phase that used the same step and attempt numbers
+    /// (a forward step and its compensation both count attempts from 1) is stale.
+    Timer { step: u16, attempt: u32, kind: DeadlineKind, due_at: DateTime<Utc> },
 }
 
 /// Why an event was not applied.
@@ -319,10 +321,17 @@ fn fence_reply(
 }
 
 /// Fences a timer: it applies only to the phase that set it.
-fn fence_timer(at: (u16, u32), waiting_for: DeadlineKind, timer: (u16, u32, DeadlineKind)) -> Option<Fenced> {
-    let (s, a, kind) = timer;
-    (timer != (at.0, at.1, waiting_for))
-        .then(|| Fenced::Stale(format!("{kind:?} timer for step {s} attempt {a} no longer applies")))
+fn fence_timer(
+    current: Option<Deadline>,
+    at: (u16, u32),
+    waiting_for: DeadlineKind,
+    timer: (u16, u32, DeadlineKind, DateTime<Utc>),
+) -> Option<Fenced> {
+    let (s, a, kind, due_at) = timer;
+    let expected = Deadline { at: due_at, kind, step: s, attempt: a };
+    let applies = (s, a, kind) == (at.0, at.1, waiting_for) && current == Some(expected);
+    (!applies)
+        .then(|| Fenced::Stale(format!("{kind:?} timer for step {s} attempt {a} due at {due_at} no longer applies")))
 }
 
 fn not_started() -> Fenced {
@@ -359,8 +368,10 @@ impl Machine {
                 }
                 on_step_reply(ctx, step, attempt, reply)
             }
-            SagaEvent::Timer { step: s, attempt: a, kind } => {
-                if let Some(fence) = fence_timer((step, attempt), DeadlineKind::StepTimeout, (*s, *a, *kind)) {
+            SagaEvent::Timer { step: s, attempt: a, kind, due_at } => {
+                if let Some(fence) =
+                    fence_timer(ctx.deadline, (step, attempt), DeadlineKind::StepTimeout, (*s, *a, *kind, *due_at))
+                {
                     return ctx.ignore(fence);
                 }
                 let timeout = ctx.step(step).timeout;
@@ -384,8 +395,8 @@ impl Machine {
     fn backoff(ctx: &mut Ctx<'_>, step: &mut u16, attempt: &mut u32, event: &SagaEvent) -> Outcome<State> {
         let (step, attempt) = (*step, *attempt);
         match event {
-            SagaEvent::Timer { step: s, attempt: a, kind } => {
-                match fence_timer((step, attempt), DeadlineKind::RetryDue, (*s, *a, *kind)) {
+            SagaEvent::Timer { step: s, attempt: a, kind, due_at } => {
+                match fence_timer(ctx.deadline, (step, attempt), DeadlineKind::RetryDue, (*s, *a, *kind, *due_at)) {
                     Some(fence) => ctx.ignore(fence),
                     None => Transition(State::running(step, attempt)),
                 }
@@ -425,8 +436,10 @@ impl Machine {
                     Reply::Failed { reason, .. } => ctx.compensation_retry_or_park(step, attempt, reason),
                 }
             }
-            SagaEvent::Timer { step: s, attempt: a, kind } => {
-                if let Some(fence) = fence_timer((step, attempt), DeadlineKind::StepTimeout, (*s, *a, *kind)) {
+            SagaEvent::Timer { step: s, attempt: a, kind, due_at } => {
+                if let Some(fence) =
+                    fence_timer(ctx.deadline, (step, attempt), DeadlineKind::StepTimeout, (*s, *a, *kind, *due_at))
+                {
                     return ctx.ignore(fence);
                 }
                 let timeout = ctx.step(step).timeout;
@@ -450,8 +463,8 @@ impl Machine {
     fn compensation_backoff(ctx: &mut Ctx<'_>, step: &mut u16, attempt: &mut u32, event: &SagaEvent) -> Outcome<State> {
         let (step, attempt) = (*step, *attempt);
         match event {
-            SagaEvent::Timer { step: s, attempt: a, kind } => {
-                match fence_timer((step, attempt), DeadlineKind::RetryDue, (*s, *a, *kind)) {
+            SagaEvent::Timer { step: s, attempt: a, kind, due_at } => {
+                match fence_timer(ctx.deadline, (step, attempt), DeadlineKind::RetryDue, (*s, *a, *kind, *due_at)) {
                     Some(fence) => ctx.ignore(fence),
                     None => Transition(State::compensating(step, attempt)),
                 }
