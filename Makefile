@@ -44,5 +44,5 @@ status: ## Say what runs
 logs: ## Show the last lines of every log (FOLLOW=1 to follow them)
 	@ops/logs.sh
 
-seed: ## Load demo data (stock for the inventory service, once it exists)
-	@echo "make seed: nothing to seed yet: the inventory service does not exist in this version"
+seed: ## Load demo stock: SKU-1 ... SKU-20 with 1,000 units each (needs `make up`)
+	@ops/seed.sh

@@ -5,8 +5,14 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# name:port of every service; empty until the services exist.
-SERVICES=()
+# name:port of every service, in start order (participants first, so the orchestrator's first commands
+# find them consuming). Ports: ORCHESTRATOR_PORT, INVENTORY_PORT, PAYMENT_PORT, SHIPPING_PORT.
+SERVICES=(
+  "inventory:${INVENTORY_PORT:-8081}"
+  "payment:${PAYMENT_PORT:-8082}"
+  "shipping:${SHIPPING_PORT:-8083}"
+  "orchestrator:${ORCHESTRATOR_PORT:-8080}"
+)
 DIR=$STATE_DIR/services
 
 start() {
@@ -17,14 +23,18 @@ start() {
     require_free_port "$port" "$name" "$(tr a-z- A-Z_ <<<"$name")_PORT"
     [ -x "$REPO_DIR/target/release/$name" ] || die "target/release/$name is missing; run 'make build'"
     [ -f "$DIR/$name.log" ] && mv "$DIR/$name.log" "$DIR/$name.log.1"
-    start_daemon "$DIR/$name.pid" "$DIR/$name.log" "$REPO_DIR/target/release/$name"
-    wait_until 60 "$DIR/$name.pid" "$DIR/$name.log" "$name" curl -fsS -o /dev/null "http://127.0.0.1:$port/health"
+    HTTP_ADDR="127.0.0.1:$port" start_daemon "$DIR/$name.pid" "$DIR/$name.log" "$REPO_DIR/target/release/$name"
+    wait_until 60 "$DIR/$name.pid" "$DIR/$name.log" "$name" curl -fsS -o /dev/null "http://127.0.0.1:$port/ready"
     info "$name ready on 127.0.0.1:$port"
   done
 }
 
 stop() {
-  for entry in "${SERVICES[@]}"; do stop_pid "$DIR/${entry%%:*}.pid" "${entry%%:*}"; done
+  # The orchestrator first, so that it sends no more commands to stopped participants.
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+    local name=${SERVICES[i]%%:*}
+    stop_pid "$DIR/$name.pid" "$name"
+  done
 }
 
 status() {

@@ -52,3 +52,6 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+pub mod duplicator;
+pub mod stack;

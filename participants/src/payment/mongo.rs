@@ -1,0 +1,109 @@
+//! The MongoDB [`PaymentStore`]. Collection `payments`: `{_id: saga id, payment_id, amount_cents (int64),
+//! currency, customer_ref, status (captured|declined|refunded|cancelled), reply, refunded_cents (int64),
+//! created_at, updated_at}`, indexed by `status`.
+
+use bson::DateTime as BsonDateTime;
+use chrono::{DateTime, Utc};
+use mongodb::bson::{Document, doc};
+use mongodb::{Collection, Database};
+use proto_events::Reply;
+use proto_events::commands::Currency;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::store::{Payment, PaymentStatus, PaymentStore};
+use crate::store::{Error, Inserted, by_id, ensure_index, insert_once};
+
+const PAYMENTS: &str = "payments";
+
+/// The payments collection in the service's database.
+#[derive(Debug, Clone)]
+pub struct MongoPaymentStore {
+    payments: Collection<PaymentDoc>,
+    db: Database,
+}
+
+impl MongoPaymentStore {
+    /// The store in `db`.
+    pub fn new(db: &Database) -> Self {
+        Self { payments: db.collection(PAYMENTS), db: db.clone() }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PaymentDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    payment_id: Option<String>,
+    amount_cents: i64,
+    currency: Option<Currency>,
+    customer_ref: Option<String>,
+    status: PaymentStatus,
+    reply: Reply,
+    refunded_cents: i64,
+    created_at: BsonDateTime,
+    updated_at: BsonDateTime,
+}
+
+impl From<&Payment> for PaymentDoc {
+    fn from(p: &Payment) -> Self {
+        Self {
+            id: p.saga_id.to_string(),
+            payment_id: p.payment_id.clone(),
+            amount_cents: p.amount_cents,
+            currency: p.currency,
+            customer_ref: p.customer_ref.clone(),
+            status: p.status,
+            reply: p.reply.clone(),
+            refunded_cents: p.refunded_cents,
+            created_at: BsonDateTime::from_chrono(p.created_at),
+            updated_at: BsonDateTime::from_chrono(p.updated_at),
+        }
+    }
+}
+
+impl PaymentDoc {
+    fn into_payment(self) -> Result<Payment, Error> {
+        let saga_id =
+            self.id.parse().map_err(|_| Error::Corrupt { what: "payment", reason: "_id is not a UUID".into() })?;
+        Ok(Payment {
+            saga_id,
+            payment_id: self.payment_id,
+            amount_cents: self.amount_cents,
+            currency: self.currency,
+            customer_ref: self.customer_ref,
+            status: self.status,
+            reply: self.reply,
+            refunded_cents: self.refunded_cents,
+            created_at: self.created_at.to_chrono(),
+            updated_at: self.updated_at.to_chrono(),
+        })
+    }
+}
+
+impl PaymentStore for MongoPaymentStore {
+    async fn ensure_indexes(&self) -> Result<(), Error> {
+        ensure_index(&self.db.collection::<Document>(PAYMENTS), doc! { "status": 1 }, "status").await
+    }
+
+    async fn get(&self, saga_id: Uuid) -> Result<Option<Payment>, Error> {
+        let found =
+            self.payments.find_one(by_id(&saga_id.to_string())).await.map_err(Error::database("find payment"))?;
+        found.map(PaymentDoc::into_payment).transpose()
+    }
+
+    async fn insert(&self, payment: &Payment) -> Result<Inserted, Error> {
+        insert_once(&self.payments, &PaymentDoc::from(payment), "insert payment").await
+    }
+
+    async fn mark_refunded(&self, saga_id: Uuid, refunded_cents: i64, at: DateTime<Utc>) -> Result<bool, Error> {
+        let filter = doc! { "_id": saga_id.to_string(), "status": PaymentStatus::Captured.as_str() };
+        let update = doc! { "$set": {
+            "status": PaymentStatus::Refunded.as_str(),
+            "refunded_cents": refunded_cents,
+            "updated_at": BsonDateTime::from_chrono(at),
+        } };
+        let result = self.payments.update_one(filter, update).await.map_err(Error::database("refund payment"))?;
+        Ok(result.modified_count == 1)
+    }
+}
