@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
+use crate::timers::Deadlines;
 
 /// The partitions of `saga.reply` this instance owns right now.
 #[derive(Debug, Default)]
@@ -35,12 +36,17 @@ impl Ownership {
         self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
     }
 
-    fn change(&self, added: &[i32], removed: &[i32]) {
+    /// Records that `partitions` were assigned to this instance.
+    pub fn assign(&self, partitions: &[i32]) {
+        self.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner).extend(partitions);
+    }
+
+    /// Records that `partitions` were taken away from this instance.
+    pub fn revoke(&self, partitions: &[i32]) {
         let mut owned = self.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for p in removed {
+        for p in partitions {
             owned.remove(p);
         }
-        owned.extend(added);
     }
 }
 
@@ -49,6 +55,7 @@ impl Ownership {
 struct RebalanceContext {
     topic: String,
     ownership: Arc<Ownership>,
+    deadlines: Arc<Deadlines>,
     assigned: mpsc::UnboundedSender<Vec<i32>>,
 }
 
@@ -65,7 +72,8 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked = self.partitions(list);
             tracing::info!(?revoked, "partitions revoked");
-            self.ownership.change(&[], &revoked);
+            self.ownership.revoke(&revoked);
+            self.deadlines.forget(&revoked);
         }
     }
 
@@ -74,7 +82,7 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Assign(list) => {
                 let assigned = self.partitions(list);
                 tracing::info!(?assigned, "partitions assigned");
-                self.ownership.change(&assigned, &[]);
+                self.ownership.assign(&assigned);
                 let _ = self.assigned.send(assigned);
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance failed"),
@@ -111,11 +119,12 @@ impl ReplyConsumer {
         engine: Engine,
         publisher: Publisher,
         ownership: Arc<Ownership>,
+        deadlines: Arc<Deadlines>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let topic = settings.topic(topics::REPLY);
         let (tx, assigned) = mpsc::unbounded_channel();
-        let context = RebalanceContext { topic: topic.clone(), ownership, assigned: tx };
+        let context = RebalanceContext { topic: topic.clone(), ownership, deadlines, assigned: tx };
         let consumer: StreamConsumer<RebalanceContext> =
             settings.service_consumer_config(group_id).create_with_context(context)?;
         consumer.subscribe(&[&topic])?;

@@ -25,6 +25,7 @@ use crate::definitions::Definitions;
 use crate::metrics::{FenceLabel, Metrics, StateLabel, TopicLabel};
 use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
 use crate::store::{self, SagaStore};
+use crate::timers::Deadlines;
 
 /// Most sagas flushed in one recovery pass; more are flushed as their next message arrives.
 const RECOVERY_BATCH: usize = 10_000;
@@ -92,18 +93,20 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     definitions: Arc<Definitions>,
     metrics: Arc<Metrics>,
+    deadlines: Arc<Deadlines>,
 }
 
 impl Engine {
-    /// An engine over the given ports.
+    /// An engine over the given ports. It records the deadline of every saga it changes in `deadlines`.
     pub fn new(
         store: Arc<dyn SagaStore>,
         bus: Arc<dyn Bus>,
         clock: Arc<dyn Clock>,
         definitions: Arc<Definitions>,
         metrics: Arc<Metrics>,
+        deadlines: Arc<Deadlines>,
     ) -> Self {
-        Self { store, bus, clock, definitions, metrics }
+        Self { store, bus, clock, definitions, metrics, deadlines }
     }
 
     /// The saga store.
@@ -126,6 +129,7 @@ impl Engine {
         let (state, actions) = apply(&saga.state, &event, definition, now);
         let next = self.next_record(&saga, state, &actions, message, origin, definition, now);
         self.store.replace(&next, saga.version).await?;
+        self.deadlines.track(&next);
         self.observe(&saga, &next, &actions, now);
         self.flush(&next).await?;
         Ok(outcome(&saga, &next, &actions))
@@ -171,11 +175,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Flushes every saga with pending work in `partitions` (after the instance was assigned them).
+    /// Takes over `partitions` (after the instance was assigned them): loads the pending deadlines of their
+    /// sagas for the timer, and flushes every saga with pending work. A saga whose flush fails for good (a
+    /// bug: an outbox message that does not validate) is logged and skipped, so that it cannot hold up the
+    /// others.
     pub async fn recover(&self, partitions: &[i32]) -> Result<usize, Error> {
+        for due in self.store.due(partitions, DateTime::<Utc>::MAX_UTC, usize::MAX).await? {
+            self.deadlines.load(&due);
+        }
         let pending = self.store.pending(partitions, RECOVERY_BATCH).await?;
         for saga in &pending {
-            self.flush(saga).await?;
+            match self.flush(saga).await {
+                Ok(()) => {}
+                Err(error) if error.is_transient() => return Err(error),
+                Err(error) => tracing::error!(saga_id = %saga.id, %error, "cannot flush a saga's pending work"),
+            }
         }
         Ok(pending.len())
     }
@@ -253,8 +267,10 @@ impl Engine {
             let (step, attempt) = next.state.phase.step_attempt().unwrap_or((0, 0));
             let event = transitioned(saga, &next, definition);
             next.outbox.push(outbox_entry(step, attempt, Outgoing::Transitioned { event }));
-        } else if note.is_none() {
-            note = next.state.reason.clone();
+        }
+        if note.is_none() && next.state.reason != saga.state.reason {
+            // Why the saga now compensates or is parked.
+            note.clone_from(&next.state.reason);
         }
         let kind = if changed { EntryKind::Transition } else { EntryKind::Ignored };
         let entry = log_entry(saga, &next, kind, message, origin, note, now);
@@ -345,7 +361,8 @@ fn transitioned(before: &SagaRecord, after: &SagaRecord, definition: &Definition
         to: after.state.phase.name().to_owned(),
         status: after.status(),
         step_name,
-        reason: after.state.reason.clone(),
+        // The event carries at most 500 characters of the reason; the saga keeps all of it.
+        reason: after.state.reason.as_deref().map(|r| r.chars().take(500).collect()),
         version: after.version,
         customer_ref: after.order.customer_ref.clone(),
     }

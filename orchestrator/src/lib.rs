@@ -45,7 +45,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::store::SagaStore;
 use crate::store::mongo::MongoStore;
-use crate::timers::Timer;
+use crate::timers::{Deadlines, Timer};
 
 /// How long running work may take to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -63,8 +63,11 @@ impl Application {
     /// Connects to the database and Kafka, prepares indexes and topics, and binds the HTTP listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let definitions = Arc::new(Definitions::builtin(settings.step_timeout).context("invalid saga definition")?);
+        // Two connection pools: a flood of API reads must not starve the saga engine of connections.
         let client = settings.mongo.client("orchestrator").await?;
-        let store: Arc<dyn SagaStore> = Arc::new(MongoStore::new(&client.database(&settings.mongo.database)));
+        let api_client = settings.mongo.client("orchestrator-api").await?;
+        let store: Arc<dyn SagaStore> = Arc::new(MongoStore::connect(&client, &settings.mongo.database).await?);
+        let api_store: Arc<dyn SagaStore> = Arc::new(MongoStore::connect(&api_client, &settings.mongo.database).await?);
         store.prepare().await.context("preparing the database (is it running?)")?;
         ensure_topics(&settings.kafka, &proto_events::topics::all()).await.context("creating Kafka topics")?;
         let publisher = Publisher::new(&settings.kafka)?;
@@ -74,7 +77,15 @@ impl Application {
         let metrics = Arc::new(Metrics::register(&mut registry));
         let bus = Arc::new(KafkaBus::new(publisher.clone()));
         let clock = Arc::new(SystemClock);
-        let engine = Engine::new(store.clone(), bus.clone(), clock.clone(), definitions.clone(), metrics.clone());
+        let deadlines = Arc::new(Deadlines::default());
+        let engine = Engine::new(
+            store.clone(),
+            bus.clone(),
+            clock.clone(),
+            definitions.clone(),
+            metrics.clone(),
+            deadlines.clone(),
+        );
         let ownership = Arc::new(Ownership::default());
         let consumer = ReplyConsumer::new(
             &settings.kafka,
@@ -82,11 +93,12 @@ impl Application {
             engine,
             publisher.clone(),
             ownership.clone(),
+            deadlines.clone(),
             metrics.clone(),
         )?;
-        let timer = Timer::new(store.clone(), bus.clone(), clock.clone(), ownership, settings.timer);
+        let timer = Timer::new(store.clone(), bus.clone(), clock.clone(), ownership, deadlines, settings.timer);
         let state = AppState {
-            store,
+            store: api_store,
             bus,
             clock,
             definitions,
@@ -96,7 +108,7 @@ impl Application {
         };
         let readiness = Readiness::new("orchestrator", Duration::from_secs(2))
             .with_kafka(publisher.producer().clone())
-            .with_mongo(client);
+            .with_mongo(api_client);
         let router = api::router(state, readiness, Arc::new(registry));
         let listener = platform::http::bind(&settings.http_addr).await?;
         Ok(Self { listener, router, consumer, timer })

@@ -1,32 +1,136 @@
 //! The timer: wakes sagas whose deadline has passed. It never changes a saga itself: for every due saga in
-//! a partition this instance owns, it publishes `saga.timer` (with the deadline's step, attempt and kind)
-//! to the saga's partition of `saga.reply`, where the consumer applies it in order with the replies (one
-//! writer per saga). It also re-publishes `saga.start` for sagas stored but never started (the API's
-//! own publication failed). A timer that fires twice is harmless: the second is fenced as stale.
+//! a partition this instance owns, it publishes `saga.timer` (with the deadline's step, attempt, kind and
+//! due time) to the saga's partition of `saga.reply`, where the consumer applies it in order with the
+//! replies (one writer per saga). A timer that fires twice is harmless: the second is fenced as stale.
+//!
+//! Deadlines are kept in memory by the partition owner ([`Deadlines`]): loaded from the store when a
+//! partition is assigned, updated by the engine with every transition, dropped when the partition is
+//! revoked. So the timer costs no database query per tick. A slower sweep re-publishes `saga.start` for
+//! sagas that were stored but never started (the API's own publication failed).
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proto_events::{Body, Message, Meta, StartSaga, TimerFired, topics};
+use saga_defs::Deadline;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::consumer::Ownership;
+use crate::model::SagaRecord;
 use crate::store::SagaStore;
 
 /// How the timer behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct TimerSettings {
-    /// Time between scans.
+    /// Time between looks at the deadlines.
     pub interval: Duration,
-    /// How long a stored saga may stay in STARTED before its start is published again.
+    /// How long a stored saga may stay in STARTED before its start is published again; also how often the
+    /// store is swept for such sagas.
     pub start_grace: Duration,
-    /// How long before the same deadline is published again if it is still due.
+    /// How long before the same deadline is published again if it is still pending.
     pub refire_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    deadline: Deadline,
+    partition: i32,
+    correlation_id: Uuid,
+    fired_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_saga: HashMap<Uuid, Entry>,
+    by_time: BTreeSet<(DateTime<Utc>, Uuid)>,
+}
+
+/// The pending deadlines of the sagas in the partitions this instance owns.
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    inner: Mutex<Inner>,
+}
+
+impl Deadlines {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records the saga's current deadline (or that it has none).
+    pub fn track(&self, saga: &SagaRecord) {
+        let mut inner = self.lock();
+        if let Some(old) = inner.by_saga.remove(&saga.id) {
+            inner.by_time.remove(&(old.deadline.at, saga.id));
+        }
+        if let Some(deadline) = saga.state.deadline {
+            let entry =
+                Entry { deadline, partition: saga.partition, correlation_id: saga.correlation_id, fired_at: None };
+            inner.by_saga.insert(saga.id, entry);
+            inner.by_time.insert((deadline.at, saga.id));
+        }
+    }
+
+    /// Records a deadline read from the store (when a partition is assigned).
+    pub fn load(&self, due: &crate::store::Due) {
+        let mut inner = self.lock();
+        if let Some(old) = inner.by_saga.remove(&due.saga_id) {
+            inner.by_time.remove(&(old.deadline.at, due.saga_id));
+        }
+        let entry = Entry {
+            deadline: due.deadline,
+            partition: due.partition,
+            correlation_id: due.correlation_id,
+            fired_at: None,
+        };
+        inner.by_saga.insert(due.saga_id, entry);
+        inner.by_time.insert((due.deadline.at, due.saga_id));
+    }
+
+    /// Forgets every saga of `partitions` (they were revoked).
+    pub fn forget(&self, partitions: &[i32]) {
+        let mut inner = self.lock();
+        let gone: Vec<(Uuid, DateTime<Utc>)> = inner
+            .by_saga
+            .iter()
+            .filter(|(_, e)| partitions.contains(&e.partition))
+            .map(|(id, e)| (*id, e.deadline.at))
+            .collect();
+        for (id, at) in gone {
+            inner.by_saga.remove(&id);
+            inner.by_time.remove(&(at, id));
+        }
+    }
+
+    /// How many deadlines are pending.
+    pub fn len(&self) -> usize {
+        self.lock().by_saga.len()
+    }
+
+    /// Whether none is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The deadlines due at `now` that were not published within `refire`; marks them published.
+    fn take_due(&self, now: DateTime<Utc>, refire: TimeDelta) -> Vec<(Uuid, Entry)> {
+        let mut inner = self.lock();
+        let due: Vec<Uuid> = inner.by_time.range(..=(now, Uuid::max())).map(|(_, id)| *id).collect();
+        let mut fire = Vec::new();
+        for id in due {
+            if let Some(entry) = inner.by_saga.get_mut(&id)
+                && entry.fired_at.is_none_or(|at| now - at >= refire)
+            {
+                entry.fired_at = Some(now);
+                fire.push((id, *entry));
+            }
+        }
+        fire
+    }
 }
 
 /// Publishes timer and start messages for due sagas.
@@ -36,9 +140,11 @@ pub struct Timer {
     bus: Arc<dyn Bus>,
     clock: Arc<dyn Clock>,
     ownership: Arc<Ownership>,
+    deadlines: Arc<Deadlines>,
     settings: TimerSettings,
-    /// (saga, deadline) -> when it was last published, so a still-due deadline is not published every scan.
-    fired: HashMap<(Uuid, DateTime<Utc>), DateTime<Utc>>,
+    /// Sagas whose start was published again, and when, so the sweep does not repeat it every time.
+    restarted: HashMap<Uuid, DateTime<Utc>>,
+    last_sweep: Option<DateTime<Utc>>,
 }
 
 impl Timer {
@@ -48,12 +154,13 @@ impl Timer {
         bus: Arc<dyn Bus>,
         clock: Arc<dyn Clock>,
         ownership: Arc<Ownership>,
+        deadlines: Arc<Deadlines>,
         settings: TimerSettings,
     ) -> Self {
-        Self { store, bus, clock, ownership, settings, fired: HashMap::new() }
+        Self { store, bus, clock, ownership, deadlines, settings, restarted: HashMap::new(), last_sweep: None }
     }
 
-    /// Scans every interval until `shutdown` is cancelled.
+    /// Looks at the deadlines every interval until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(self.settings.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -63,42 +170,47 @@ impl Timer {
                 _ = ticks.tick() => {}
             }
             if let Err(error) = self.scan().await {
-                tracing::warn!(%error, "timer scan failed; retrying at the next tick");
+                tracing::warn!(%error, "timer failed; retrying at the next tick");
             }
         }
     }
 
-    /// One scan: publishes what is due now. Returns how many messages were published.
+    /// Publishes what is due now. Returns how many messages were published.
     pub async fn scan(&mut self) -> anyhow::Result<usize> {
+        let now = self.clock.now();
+        let refire = TimeDelta::from_std(self.settings.refire_after).unwrap_or(TimeDelta::MAX);
+        let mut published = 0;
+        for (saga_id, entry) in self.deadlines.take_due(now, refire) {
+            let Deadline { step, attempt, kind, at } = entry.deadline;
+            let meta = meta(saga_id, entry.correlation_id, step, attempt, now);
+            let body = Body::Timer(TimerFired { kind, due_at: at });
+            self.bus.publish(topics::REPLY, &Message::new(meta, body)?).await?;
+            published += 1;
+        }
+        let grace = TimeDelta::from_std(self.settings.start_grace).unwrap_or(TimeDelta::MAX);
+        if self.last_sweep.is_none_or(|at| now - at >= grace) {
+            self.last_sweep = Some(now);
+            published += self.sweep_not_started(now, grace).await?;
+        }
+        Ok(published)
+    }
+
+    /// Publishes the start of sagas in owned partitions that stayed in STARTED for longer than `grace`.
+    async fn sweep_not_started(&mut self, now: DateTime<Utc>, grace: TimeDelta) -> anyhow::Result<usize> {
         let partitions = self.ownership.partitions();
         if partitions.is_empty() {
             return Ok(0);
         }
-        let now = self.clock.now();
-        let refire = TimeDelta::from_std(self.settings.refire_after).unwrap_or(TimeDelta::MAX);
-        self.fired.retain(|_, at| now - *at < refire);
+        self.restarted.retain(|_, at| now - *at < grace * 4);
         let mut published = 0;
-        for due in self.store.due(&partitions, now, 1000).await? {
-            let key = (due.saga_id, due.deadline.at);
-            if self.fired.contains_key(&key) {
-                continue;
-            }
-            let meta = meta(due.saga_id, due.correlation_id, due.deadline.step, due.deadline.attempt, now);
-            let body = Body::Timer(TimerFired { kind: due.deadline.kind, due_at: due.deadline.at });
-            self.bus.publish(topics::REPLY, &Message::new(meta, body)?).await?;
-            self.fired.insert(key, now);
-            published += 1;
-        }
-        let grace = TimeDelta::from_std(self.settings.start_grace).unwrap_or(TimeDelta::MAX);
         for saga in self.store.not_started(&partitions, now - grace, 1000).await? {
-            let key = (saga.id, saga.created_at);
-            if self.fired.contains_key(&key) {
+            if self.restarted.contains_key(&saga.id) {
                 continue;
             }
             tracing::info!(saga_id = %saga.id, "publishing the start of a saga that did not start");
             let meta = meta(saga.id, saga.correlation_id, 0, 0, now);
             self.bus.publish(topics::REPLY, &Message::new(meta, Body::Start(StartSaga {}))?).await?;
-            self.fired.insert(key, now);
+            self.restarted.insert(saga.id, now);
             published += 1;
         }
         Ok(published)

@@ -57,3 +57,46 @@ impl MongoSettings {
 pub async fn ping(client: &Client) -> Result<(), Error> {
     client.database("admin").run_command(doc! { "ping": 1 }).await.map(|_| ()).map_err(Error::Unreachable)
 }
+
+/// Creates the indexes of `models` that `collection` lacks, one at a time, by name.
+///
+/// Safe to run at every start: an index whose name exists is left alone. (FerretDB 1.24 drops the
+/// connection when `createIndexes` names an index that already exists alongside new ones, so this never
+/// asks for an existing index.) Every model must have a name.
+pub async fn ensure_indexes<T: Send + Sync>(
+    collection: &mongodb::Collection<T>,
+    models: Vec<mongodb::IndexModel>,
+) -> Result<(), mongodb::error::Error> {
+    let existing = match collection.list_index_names().await {
+        Ok(names) => names,
+        // A collection that does not exist yet has no indexes.
+        Err(e) if matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 26) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for model in models {
+        let name = model.options.as_ref().and_then(|o| o.name.clone());
+        assert!(name.is_some(), "ensure_indexes needs named indexes");
+        if name.as_ref().is_some_and(|n| existing.contains(n)) {
+            continue;
+        }
+        collection.create_index(model).await?;
+    }
+    Ok(())
+}
+
+/// Which server speaks the MongoDB protocol at the other end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// MongoDB: a filter on `_id` plus other fields uses the `_id` index, and a conditional update on one
+    /// document is atomic.
+    MongoDb,
+    /// FerretDB 1.x (SQLite backend): only a filter that is exactly `{_id: value}` is answered from an index
+    /// (anything else scans the collection), and updates are read-modify-write, not atomic.
+    FerretDb,
+}
+
+/// Asks the server which it is (`buildInfo` carries `ferretdbVersion` on FerretDB).
+pub async fn flavor(client: &Client) -> Result<Flavor, Error> {
+    let info = client.database("admin").run_command(doc! { "buildInfo": 1 }).await.map_err(Error::Unreachable)?;
+    Ok(if info.contains_key("ferretdbVersion") { Flavor::FerretDb } else { Flavor::MongoDb })
+}

@@ -54,4 +54,5 @@ where
 }
 
 pub mod duplicator;
+pub mod events;
 pub mod stack;

@@ -140,7 +140,8 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
-            signal(pid, "CONT");
+            // A paused process must run again to die; it may be gone already, which is fine here.
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
         }
         self.kill();
     }
@@ -254,8 +255,10 @@ impl Stack {
 
     /// A valid order body for `customer_id` with `items` as (SKU, quantity).
     pub fn order(customer_id: &str, items: &[(&str, u32)]) -> Value {
-        let items: Vec<Value> =
-            items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity, "unit_price_cents": 1250})).collect();
+        let items: Vec<Value> = items
+            .iter()
+            .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity, "unit_price_cents": 1250}))
+            .collect();
         json!({
             "customer_id": customer_id,
             "email": "ada@example.com",
@@ -268,7 +271,8 @@ impl Stack {
 
     /// Places `order`; returns its id.
     pub async fn place(&self, order: &Value) -> Uuid {
-        let response = self.http.post(self.orchestrator.url("/v1/orders")).json(order).send().await.expect("POST order");
+        let response =
+            self.http.post(self.orchestrator.url("/v1/orders")).json(order).send().await.expect("POST order");
         let status = response.status();
         let body: Value = response.json().await.expect("JSON answer");
         assert_eq!(status.as_u16(), 202, "placing an order: {body}");
@@ -288,19 +292,15 @@ impl Stack {
     /// Waits until the order has a terminal status and returns it.
     pub async fn wait_terminal(&self, order_id: Uuid, timeout: Duration) -> Value {
         let what = format!("order {order_id} to finish (logs: {})", self.orchestrator.log().display());
-        eventually(&what, timeout, || async {
-            self.get_order(order_id).await.filter(|o| o["status"] != "PENDING")
-        })
-        .await
+        eventually(&what, timeout, || async { self.get_order(order_id).await.filter(|o| o["status"] != "PENDING") })
+            .await
     }
 
     /// Waits until the order's saga is in `state` (and, if given, at step `step`).
     pub async fn wait_state(&self, order_id: Uuid, state: &str, step: Option<&str>, timeout: Duration) -> Value {
         let what = format!("order {order_id} to reach {state} {step:?}");
         eventually(&what, timeout, || async {
-            self.get_order(order_id)
-                .await
-                .filter(|o| o["state"] == state && step.is_none_or(|s| o["step"] == s))
+            self.get_order(order_id).await.filter(|o| o["state"] == state && step.is_none_or(|s| o["step"] == s))
         })
         .await
     }

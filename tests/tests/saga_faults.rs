@@ -11,10 +11,8 @@ const FINISH: Duration = Duration::from_secs(90);
 /// finishes, and no effect is doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_survives_the_orchestrator_being_killed_mid_way() {
-    let options = Options {
-        orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "60000".to_owned())],
-        held_back: vec!["payment"],
-    };
+    let options =
+        Options { orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "60000".to_owned())], held_back: vec!["payment"] };
     let mut stack = Stack::start("kill-orchestrator", options).await;
     stack.set_stock("SKU-1", 10).await;
     let order_id = stack.place(&Stack::order("cust-k", &[("SKU-1", 2)])).await;
@@ -61,10 +59,8 @@ async fn a_saga_survives_the_orchestrator_being_killed_mid_way() {
 /// outcome is unknown) is cancelled once shipping is back, the payment refunded and the stock released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_down_past_its_timeout_is_retried_then_compensated() {
-    let options = Options {
-        orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "1500".to_owned())],
-        held_back: vec!["shipping"],
-    };
+    let options =
+        Options { orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "1500".to_owned())], held_back: vec!["shipping"] };
     let mut stack = Stack::start("participant-down", options).await;
     stack.set_stock("SKU-1", 10).await;
     let order_id = stack.place(&Stack::order("cust-g", &[("SKU-1", 3)])).await;

@@ -98,8 +98,10 @@ async fn commands_and_replies_delivered_twice_change_nothing() {
     // Wait until every message of both sagas has been copied. A copied command makes its participant reply
     // again, and that reply is copied too: the completed saga has 1 start, 3 commands and 6 replies to copy
     // (10), the cancelled one 1 start, 5 commands and 10 replies (16).
-    tests::eventually("copies of every command and reply", FINISH, || async { (duplicator.copies() >= 26).then_some(()) })
-        .await;
+    tests::eventually("copies of every command and reply", FINISH, || async {
+        (duplicator.copies() >= 26).then_some(())
+    })
+    .await;
 
     let payment = stack.payment(happy).await.expect("a payment");
     assert_eq!(payment["status"], "captured");

@@ -109,7 +109,12 @@ impl SagaStore for MemoryStore {
         let inner = self.lock();
         let mut due: Vec<Due> = select(&inner.sagas, partitions, |s| s.state.deadline.is_some_and(|d| d.at <= now))
             .filter_map(|s| {
-                s.state.deadline.map(|deadline| Due { saga_id: s.id, deadline, correlation_id: s.correlation_id })
+                s.state.deadline.map(|deadline| Due {
+                    saga_id: s.id,
+                    partition: s.partition,
+                    deadline,
+                    correlation_id: s.correlation_id,
+                })
             })
             .collect();
         due.sort_by_key(|d| (d.deadline.at, d.saga_id));

@@ -53,6 +53,8 @@ pub enum Claim {
 pub struct Due {
     /// The saga.
     pub saga_id: Uuid,
+    /// Its partition.
+    pub partition: i32,
     /// The deadline, as stored.
     pub deadline: saga_defs::Deadline,
     /// Shared by the saga's messages.

@@ -13,6 +13,7 @@ use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
+use platform::mongo::{Flavor, ensure_indexes};
 use saga_defs::{Deadline, Phase, SagaState};
 use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
@@ -22,23 +23,56 @@ use super::{Claim, Due, Error, SagaStore};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
+///
+/// Writes to a saga are conditional on its version. On MongoDB the condition is part of the update's filter
+/// (atomic). On FerretDB a filter with anything besides `_id` scans the whole collection, so the version is
+/// read by `_id` and compared first, then the document is written by `_id`: as strong as FerretDB's own
+/// conditional updates (which are read-modify-write too), and the saga's partition owner is its only
+/// writer anyway; the check fences an instance that lost the partition.
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     sagas: Collection<SagaDoc>,
     log: Collection<LogEntry>,
     pii: Collection<PiiDoc>,
     keys: Collection<KeyDoc>,
+    flavor: Flavor,
 }
 
 impl MongoStore {
-    /// A store in `db`.
-    pub fn new(db: &Database) -> Self {
+    /// A store in `db`, on a server of the given flavor.
+    pub fn new(db: &Database, flavor: Flavor) -> Self {
         Self {
             sagas: db.collection("sagas"),
             log: db.collection("saga_log"),
             pii: db.collection("orders_pii"),
             keys: db.collection("idempotency_keys"),
+            flavor,
         }
+    }
+
+    /// A store in database `name` of `client`, asking the server which flavor it is.
+    pub async fn connect(client: &mongodb::Client, name: &str) -> Result<Self, platform::mongo::Error> {
+        let flavor = platform::mongo::flavor(client).await?;
+        Ok(Self::new(&client.database(name), flavor))
+    }
+
+    /// The filter that makes a write conditional on `version`; on FerretDB the version is checked first.
+    async fn version_filter(&self, saga_id: Uuid, version: u64) -> Result<Option<Document>, Error> {
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        let by_id = doc! { "_id": saga_id.to_string() };
+        if self.flavor == Flavor::MongoDb {
+            let mut filter = by_id;
+            filter.insert("version", version);
+            return Ok(Some(filter));
+        }
+        let stored = self
+            .sagas
+            .clone_with_type::<Document>()
+            .find_one(by_id.clone())
+            .projection(doc! { "version": 1 })
+            .await
+            .map_err(db("read saga version"))?;
+        Ok(stored.filter(|d| d.get_i64("version").ok() == Some(version)).map(|_| by_id))
     }
 }
 
@@ -185,19 +219,15 @@ impl SagaStore for MongoStore {
                 .options(IndexOptions::builder().name(name.to_owned()).unique(unique).build())
                 .build()
         };
-        self.sagas
-            .create_indexes([
-                index(doc! { "partition": 1, "deadline_at": 1 }, "partition_deadline", false),
-                index(doc! { "partition": 1, "pending": 1 }, "partition_pending", false),
-                index(doc! { "partition": 1, "state": 1, "created_at": 1 }, "partition_state_created", false),
-                index(doc! { "status": 1, "updated_at": 1 }, "status_updated", false),
-            ])
-            .await
-            .map_err(db("create saga indexes"))?;
-        self.log
-            .create_index(index(doc! { "saga_id": 1, "seq": 1 }, "saga_seq", true))
-            .await
-            .map_err(db("create saga_log index"))?;
+        let saga_indexes = vec![
+            index(doc! { "partition": 1, "deadline_at": 1 }, "partition_deadline", false),
+            index(doc! { "partition": 1, "pending": 1 }, "partition_pending", false),
+            index(doc! { "partition": 1, "state": 1, "created_at": 1 }, "partition_state_created", false),
+            index(doc! { "status": 1, "updated_at": 1 }, "status_updated", false),
+        ];
+        ensure_indexes(&self.sagas, saga_indexes).await.map_err(db("create saga indexes"))?;
+        let log_index = vec![index(doc! { "saga_id": 1, "seq": 1 }, "saga_seq", true)];
+        ensure_indexes(&self.log, log_index).await.map_err(db("create saga_log index"))?;
         Ok(())
     }
 
@@ -215,17 +245,17 @@ impl SagaStore for MongoStore {
     }
 
     async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
-        let filter =
-            doc! { "_id": saga.id.to_string(), "version": i64::try_from(expected_version).unwrap_or(i64::MAX) };
+        let conflict = || Error::VersionConflict { saga_id: saga.id, expected: expected_version };
+        let filter = self.version_filter(saga.id, expected_version).await?.ok_or_else(conflict)?;
         let result = self.sagas.replace_one(filter, SagaDoc::from(saga)).await.map_err(db("replace saga"))?;
         if result.matched_count == 0 {
-            return Err(Error::VersionConflict { saga_id: saga.id, expected: expected_version });
+            return Err(conflict());
         }
         Ok(())
     }
 
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
-        let filter = doc! { "_id": saga_id.to_string(), "version": i64::try_from(version).unwrap_or(i64::MAX) };
+        let Some(filter) = self.version_filter(saga_id, version).await? else { return Ok(false) };
         let update = doc! { "$set": { "outbox": [], "pending_log": [], "pending": false } };
         let result = self.sagas.update_one(filter, update).await.map_err(db("clear saga outbox"))?;
         Ok(result.matched_count == 1)
@@ -267,7 +297,12 @@ impl SagaStore for MongoStore {
         for doc in docs {
             let saga = SagaRecord::try_from(doc)?;
             if let Some(deadline) = saga.state.deadline {
-                due.push(Due { saga_id: saga.id, deadline, correlation_id: saga.correlation_id });
+                due.push(Due {
+                    saga_id: saga.id,
+                    partition: saga.partition,
+                    deadline,
+                    correlation_id: saga.correlation_id,
+                });
             }
         }
         Ok(due)

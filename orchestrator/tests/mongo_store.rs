@@ -1,0 +1,440 @@
+//! `MongoStore` against the real document database (`MONGODB_URI`, default `mongodb://127.0.0.1:27017`;
+//! `ops/infra.sh status` says whether it runs). Every test works in a database of its own and drops it.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use mongodb::Database;
+use mongodb::bson::{Document, doc};
+use orchestrator::model::{
+    EntryKind, LogEntry, OrderLine, OrderPii, OrderSummary, OutboxEntry, Outgoing, Received, SagaRecord, Sent,
+};
+use orchestrator::store::mongo::MongoStore;
+use orchestrator::store::{Claim, Due, Error, SagaStore};
+use platform::mongo::{Flavor, MongoSettings};
+use proto_events::commands::Currency;
+use proto_events::{Address, CommandKind, DeadlineKind, OrderStatus, SagaTransitioned};
+use saga_defs::{Deadline, Phase, SagaState};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+/// A store in a new database named after `test`, prepared.
+async fn store(test: &str) -> (Database, MongoStore) {
+    let mut settings = MongoSettings::from_env("MONGODB_DATABASE", "unused");
+    let suffix = Uuid::now_v7().simple().to_string();
+    settings.database = format!("orch_{test}_{}", &suffix[suffix.len() - 12..]);
+    let client = settings.client("orchestrator-tests").await.expect("a database client");
+    platform::mongo::ping(&client).await.expect("the database answers (check `ops/infra.sh status`)");
+    let db = client.database(&settings.database);
+    let store = MongoStore::connect(&client, &settings.database).await.expect("detect the server's flavor");
+    store.prepare().await.expect("prepare the store");
+    (db, store)
+}
+
+/// 2026-01-01T00:00:00.123Z. Times stored as BSON dates (`created_at`, `updated_at`, `state_since`) keep
+/// milliseconds; the others keep nanoseconds.
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_767_225_600_123).expect("a valid instant")
+}
+
+fn secs(seconds: i64) -> DateTime<Utc> {
+    t0() + TimeDelta::seconds(seconds)
+}
+
+/// An instant with sub-millisecond digits, `seconds` after [`t0`].
+fn precise(seconds: i64) -> DateTime<Utc> {
+    secs(seconds) + TimeDelta::nanoseconds(456_789)
+}
+
+fn deadline(at: DateTime<Utc>, kind: DeadlineKind, step: u16, attempt: u32) -> Option<Deadline> {
+    Some(Deadline { at, kind, step, attempt })
+}
+
+fn log_entry(saga_id: Uuid, seq: u64, note: &str) -> LogEntry {
+    LogEntry {
+        saga_id,
+        seq,
+        at: precise(i64::try_from(seq).expect("a small seq")),
+        kind: EntryKind::Transition,
+        from: "RUNNING".into(),
+        to: "COMPENSATING".into(),
+        step: Some(0),
+        attempt: Some(1),
+        received: Some(Received {
+            message_id: Uuid::now_v7(),
+            message_type: "payment.charge.reply".into(),
+            topic: "saga.reply".into(),
+            partition: 4,
+            offset: 9_000_000_001,
+            step: 1,
+            attempt: 2,
+            outcome: Some("failed (Business): card declined".into()),
+        }),
+        sent: vec![Sent {
+            message_id: Uuid::now_v7(),
+            message_type: "inventory.release".into(),
+            topic: "saga.cmd.inventory".into(),
+            step: 0,
+            attempt: 1,
+        }],
+        note: Some(note.into()),
+    }
+}
+
+/// A saga in `partition` and `phase` with a full outbox and an unflushed timeline entry.
+fn saga(partition: i32, phase: Phase, deadline: Option<Deadline>) -> SagaRecord {
+    let id = Uuid::now_v7();
+    let correlation_id = Uuid::now_v7();
+    let customer_ref = "0123456789abcdef0123456789abcdef".to_owned();
+    let event = SagaTransitioned {
+        definition: "order_fulfilment".into(),
+        definition_version: 1,
+        from: "RUNNING".into(),
+        to: phase.name().into(),
+        status: phase.status(),
+        step_name: Some("charge_payment".into()),
+        reason: Some("step charge_payment failed: card declined".into()),
+        version: 3,
+        customer_ref: customer_ref.clone(),
+    };
+    let entry = |outgoing, causation_id| OutboxEntry {
+        message_id: Uuid::now_v7(),
+        causation_id,
+        time: precise(2),
+        step: 1,
+        attempt: 2,
+        outgoing,
+    };
+    SagaRecord {
+        id,
+        version: 3,
+        definition: "order_fulfilment".into(),
+        definition_version: 1,
+        state: SagaState { phase, deadline, reason: Some("step charge_payment failed: card declined".into()) },
+        partition,
+        correlation_id,
+        order: OrderSummary {
+            items: vec![
+                OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1250 },
+                OrderLine { sku: "SKU-2".into(), quantity: 10_000, unit_price_cents: 0 },
+            ],
+            amount_cents: 2500,
+            currency: Currency::CHF,
+            customer_ref,
+        },
+        created_at: t0(),
+        updated_at: secs(2),
+        state_since: secs(1),
+        outbox: vec![
+            entry(Outgoing::Command { command: CommandKind::InventoryRelease }, Some(Uuid::now_v7())),
+            entry(Outgoing::Transitioned { event }, Some(Uuid::now_v7())),
+            entry(Outgoing::Start, None),
+        ],
+        pending_log: vec![log_entry(id, 3, "compensating")],
+    }
+}
+
+/// A saga in `partition` with nothing pending.
+fn settled(partition: i32, phase: Phase, deadline: Option<Deadline>) -> SagaRecord {
+    let mut saga = saga(partition, phase, deadline);
+    saga.outbox.clear();
+    saga.pending_log.clear();
+    saga
+}
+
+async fn get(store: &MongoStore, id: Uuid) -> SagaRecord {
+    store.get(id).await.expect("read the saga").expect("the saga exists")
+}
+
+fn ids(sagas: &[SagaRecord]) -> BTreeSet<Uuid> {
+    sagas.iter().map(|s| s.id).collect()
+}
+
+fn pii(line2: Option<&str>) -> OrderPii {
+    OrderPii {
+        customer_id: "cust-42".into(),
+        email: "ada@example.com".into(),
+        shipping_address: Address {
+            name: "Ada Lovelace".into(),
+            line1: "1 Main St".into(),
+            line2: line2.map(Into::into),
+            city: "Berlin".into(),
+            postal_code: "10115".into(),
+            country: "DE".into(),
+        },
+        payment_token: "tok_visa".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn prepare_is_idempotent_and_creates_the_indexes() {
+    let (db, store) = store("prepare").await;
+    // What every restart of the orchestrator does against an existing database.
+    let again = [store.prepare().await, store.prepare().await];
+
+    let names: BTreeSet<String> =
+        db.collection::<Document>("sagas").list_index_names().await.expect("saga indexes").into_iter().collect();
+    let log = db.collection::<Document>("saga_log").list_index_names().await.expect("saga_log indexes");
+    db.drop().await.expect("drop the test database");
+    for index in ["partition_deadline", "partition_pending", "partition_state_created", "status_updated"] {
+        assert!(names.contains(index), "missing index {index}: {names:?}");
+    }
+    assert!(log.iter().any(|n| n == "saga_seq"), "{log:?}");
+    for result in again {
+        result.expect("preparing a prepared database succeeds");
+    }
+}
+
+#[tokio::test]
+async fn a_saga_round_trips_exactly_in_every_phase() {
+    let (db, store) = store("round_trip").await;
+    let phases = [
+        (Phase::Started, None),
+        (Phase::Running { step: 1, attempt: 2 }, deadline(precise(10), DeadlineKind::StepTimeout, 1, 2)),
+        (Phase::Backoff { step: 2, attempt: 3 }, deadline(precise(11), DeadlineKind::RetryDue, 2, 3)),
+        (Phase::Compensating { step: 1, attempt: 1 }, deadline(precise(12), DeadlineKind::StepTimeout, 1, 1)),
+        (Phase::CompensationBackoff { step: 0, attempt: 20 }, deadline(precise(13), DeadlineKind::RetryDue, 0, 20)),
+        (Phase::Completed, None),
+        (Phase::Compensated, None),
+        (Phase::Failed, None),
+    ];
+    let mut sagas: Vec<SagaRecord> = phases.into_iter().map(|(phase, deadline)| saga(3, phase, deadline)).collect();
+    let mut bare = settled(5, Phase::Started, None);
+    bare.state.reason = None;
+    sagas.push(bare);
+
+    for saga in &sagas {
+        store.insert(saga).await.expect("insert");
+    }
+    for saga in &sagas {
+        assert_eq!(&get(&store, saga.id).await, saga, "{} round-trips", saga.state.phase.name());
+    }
+    assert_eq!(store.get(Uuid::now_v7()).await.expect("get"), None);
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn inserting_a_saga_twice_is_refused_and_keeps_the_first() {
+    let (db, store) = store("duplicate").await;
+    let first = saga(0, Phase::Started, None);
+    store.insert(&first).await.expect("insert");
+    let mut second = first.clone();
+    second.state.phase = Phase::Completed;
+
+    let error = store.insert(&second).await.expect_err("a second insert with the same id");
+    assert!(matches!(&error, Error::Duplicate { what: "saga", id } if *id == first.id.to_string()), "{error}");
+    assert!(!error.is_transient());
+    assert_eq!(get(&store, first.id).await, first);
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn replace_succeeds_only_at_the_expected_version() {
+    let (db, detected) = store("replace").await;
+    // Both ways of fencing (the filter MongoDB applies atomically, and FerretDB's read-then-write) must
+    // refuse a stale version, whichever server this is.
+    for flavor in [Flavor::MongoDb, Flavor::FerretDb] {
+        replace_fences_stale_versions(&MongoStore::new(&db, flavor)).await;
+    }
+    replace_fences_stale_versions(&detected).await;
+    db.drop().await.expect("drop the test database");
+}
+
+async fn replace_fences_stale_versions(store: &MongoStore) {
+    let original =
+        saga(1, Phase::Running { step: 0, attempt: 1 }, deadline(precise(10), DeadlineKind::StepTimeout, 0, 1));
+    store.insert(&original).await.expect("insert");
+
+    let mut next = original.clone();
+    next.version = 4;
+    next.state = SagaState { phase: Phase::Completed, deadline: None, reason: None };
+    next.updated_at = secs(30);
+    next.outbox.truncate(1);
+    store.replace(&next, 3).await.expect("replace at the current version");
+    assert_eq!(get(store, original.id).await, next);
+
+    let mut stale = original.clone();
+    stale.version = 4;
+    stale.state.phase = Phase::Failed;
+    let error = store.replace(&stale, 3).await.expect_err("version 3 is gone");
+    assert!(matches!(error, Error::VersionConflict { saga_id, expected: 3 } if saga_id == original.id), "{error}");
+    assert_eq!(get(store, original.id).await, next, "a stale replace changes nothing");
+
+    let unknown = saga(1, Phase::Started, None);
+    assert!(matches!(store.replace(&unknown, 3).await, Err(Error::VersionConflict { .. })));
+    assert_eq!(store.get(unknown.id).await.expect("get"), None, "replace does not create");
+}
+
+#[tokio::test]
+async fn clear_pending_empties_the_outbox_only_at_the_given_version() {
+    let (db, store) = store("clear_pending").await;
+    let saga = saga(2, Phase::Running { step: 1, attempt: 1 }, deadline(precise(10), DeadlineKind::StepTimeout, 1, 1));
+    store.insert(&saga).await.expect("insert");
+
+    assert!(!store.clear_pending(saga.id, 2).await.expect("clear at an old version"));
+    assert_eq!(get(&store, saga.id).await, saga, "unchanged");
+    assert_eq!(ids(&store.pending(&[2], 10).await.expect("pending")), BTreeSet::from([saga.id]));
+
+    assert!(store.clear_pending(saga.id, 3).await.expect("clear at the current version"));
+    let cleared = get(&store, saga.id).await;
+    let mut expected = saga.clone();
+    expected.outbox.clear();
+    expected.pending_log.clear();
+    assert_eq!(cleared, expected, "only the outbox and the pending timeline change; the version stays");
+    assert!(store.pending(&[2], 10).await.expect("pending").is_empty());
+    assert!(!store.clear_pending(Uuid::now_v7(), 1).await.expect("clear an unknown saga"));
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn append_log_skips_entries_already_there_and_the_timeline_is_ordered_by_seq() {
+    let (db, store) = store("append_log").await;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (one, two) = (log_entry(a, 1, "first"), log_entry(a, 2, "second"));
+    store.append_log(&[one.clone(), two.clone()]).await.expect("append");
+    // A re-flush after a crash: entry 2 again (with other content, which must not win) and a new entry 3.
+    let three = log_entry(a, 3, "third");
+    store.append_log(&[log_entry(a, 2, "second again"), three.clone()]).await.expect("append again");
+    store.append_log(std::slice::from_ref(&one)).await.expect("append only what is there");
+    store.append_log(&[]).await.expect("append nothing");
+    // Out of order, and another saga's entry.
+    let (five, four) = (log_entry(a, 5, "fifth"), log_entry(a, 4, "fourth"));
+    store.append_log(std::slice::from_ref(&five)).await.expect("append 5");
+    store.append_log(&[four.clone(), log_entry(b, 1, "other saga")]).await.expect("append 4");
+
+    assert_eq!(store.timeline(a).await.expect("timeline"), [one, two, three, four, five]);
+    let other = store.timeline(b).await.expect("timeline");
+    assert_eq!(other.iter().map(|e| (e.saga_id, e.seq)).collect::<Vec<_>>(), [(b, 1)]);
+    assert!(store.timeline(Uuid::now_v7()).await.expect("timeline").is_empty());
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn due_finds_passed_deadlines_in_the_given_partitions_earliest_first() {
+    let (db, store) = store("due").await;
+    let running = Phase::Running { step: 0, attempt: 1 };
+    let timeout = |seconds| deadline(precise(seconds), DeadlineKind::StepTimeout, 0, 1);
+    let first = settled(0, running, timeout(1));
+    let third = settled(1, Phase::Backoff { step: 2, attempt: 3 }, deadline(precise(3), DeadlineKind::RetryDue, 2, 3));
+    let second = settled(0, running, timeout(2));
+    let elsewhere = settled(2, running, timeout(0));
+    let later = settled(0, running, timeout(10));
+    let none = settled(1, Phase::Completed, None);
+    for saga in [&first, &third, &second, &elsewhere, &later, &none] {
+        store.insert(saga).await.expect("insert");
+    }
+    let due_of = |saga: &SagaRecord| Due {
+        saga_id: saga.id,
+        partition: saga.partition,
+        deadline: saga.state.deadline.expect("a deadline"),
+        correlation_id: saga.correlation_id,
+    };
+
+    let due = store.due(&[0, 1], secs(5), 10).await.expect("due");
+    assert_eq!(due, [due_of(&first), due_of(&second), due_of(&third)]);
+    assert_eq!(store.due(&[0, 1], secs(5), 2).await.expect("due"), [due_of(&first), due_of(&second)]);
+    assert_eq!(store.due(&[0, 1], precise(2), 10).await.expect("due"), [due_of(&first), due_of(&second)], "<= now");
+    assert!(store.due(&[0, 1], secs(0), 10).await.expect("due").is_empty());
+    assert!(store.due(&[3], secs(100), 10).await.expect("due").is_empty());
+    assert!(store.due(&[], secs(100), 10).await.expect("due").is_empty());
+
+    // A saga whose deadline is cleared is no longer due.
+    let mut finished = first.clone();
+    finished.version += 1;
+    finished.state = SagaState { phase: Phase::Completed, deadline: None, reason: None };
+    store.replace(&finished, first.version).await.expect("replace");
+    assert_eq!(store.due(&[0, 1], secs(5), 10).await.expect("due"), [due_of(&second), due_of(&third)]);
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn pending_and_not_started_select_by_partition_and_state() {
+    let (db, store) = store("pending").await;
+    let pending_0 = saga(0, Phase::Running { step: 0, attempt: 1 }, None);
+    let settled_0 = settled(0, Phase::Running { step: 0, attempt: 1 }, None);
+    let pending_1 = saga(1, Phase::Completed, None);
+    let pending_3 = saga(3, Phase::Started, None);
+    let mut log_only = settled(1, Phase::Compensated, None);
+    log_only.pending_log.push(log_entry(log_only.id, 4, "unflushed"));
+    let old_start = settled(0, Phase::Started, None);
+    let mut new_start = settled(0, Phase::Started, None);
+    new_start.created_at = secs(10);
+    let mut other_start = settled(5, Phase::Started, None);
+    other_start.created_at = secs(-10);
+    for saga in [&pending_0, &settled_0, &pending_1, &pending_3, &log_only, &old_start, &new_start, &other_start] {
+        store.insert(saga).await.expect("insert");
+    }
+
+    let pending = store.pending(&[0, 1], 10).await.expect("pending");
+    assert_eq!(ids(&pending), BTreeSet::from([pending_0.id, pending_1.id, log_only.id]));
+    assert!(pending.contains(&pending_0), "whole records: {pending:?}");
+    assert_eq!(store.pending(&[0, 1], 2).await.expect("pending").len(), 2, "at most the limit");
+    assert!(store.pending(&[2], 10).await.expect("pending").is_empty());
+
+    let started = |before, limit| store.not_started(&[0, 1], before, limit);
+    assert_eq!(ids(&started(secs(5), 10).await.expect("not started")), BTreeSet::from([old_start.id]));
+    assert_eq!(started(secs(5), 10).await.expect("not started"), std::slice::from_ref(&old_start));
+    assert_eq!(ids(&started(secs(11), 10).await.expect("not started")), BTreeSet::from([old_start.id, new_start.id]));
+    assert_eq!(started(secs(11), 1).await.expect("not started").len(), 1, "at most the limit");
+    assert!(started(t0(), 10).await.expect("not started").is_empty(), "created before, strictly");
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn personal_data_is_stored_apart_and_only_once() {
+    let (db, store) = store("pii").await;
+    let saga = saga(0, Phase::Started, None);
+    store.insert(&saga).await.expect("insert the saga");
+    let (with_line2, without) = (pii(Some("Flat 3")), pii(None));
+    let other = Uuid::now_v7();
+    store.insert_pii(saga.id, &with_line2).await.expect("insert the personal data");
+    store.insert_pii(other, &without).await.expect("insert other personal data");
+
+    assert_eq!(store.get_pii(saga.id).await.expect("get"), Some(with_line2.clone()));
+    assert_eq!(store.get_pii(other).await.expect("get"), Some(without));
+    assert_eq!(store.get_pii(Uuid::now_v7()).await.expect("get"), None);
+    let error = store.insert_pii(saga.id, &pii(None)).await.expect_err("stored already");
+    assert!(matches!(error, Error::Duplicate { what: "order data", .. }), "{error}");
+    assert_eq!(store.get_pii(saga.id).await.expect("get"), Some(with_line2), "the first is kept");
+
+    let raw = db.collection::<Document>("sagas").find_one(doc! { "_id": saga.id.to_string() }).await;
+    let raw = raw.expect("read the raw saga").expect("the saga document").to_string();
+    for secret in ["cust-42", "ada@example.com", "Ada Lovelace", "1 Main St", "tok_visa"] {
+        assert!(!raw.contains(secret), "the saga document contains {secret}: {raw}");
+    }
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_claimed_once_and_then_names_its_order_and_request() {
+    let (db, store) = store("idempotency").await;
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let key = "0123456789abcdef0123456789abcdef:order-7";
+
+    assert_eq!(store.claim_idempotency_key(key, first, "hash-1").await.expect("claim"), Claim::New);
+    let existing = Claim::Existing { order_id: first, request_hash: "hash-1".into() };
+    assert_eq!(store.claim_idempotency_key(key, second, "hash-2").await.expect("claim again"), existing);
+    assert_eq!(store.claim_idempotency_key(key, first, "hash-1").await.expect("claim again"), existing);
+    let other = "fedcba9876543210fedcba9876543210:order-7";
+    assert_eq!(store.claim_idempotency_key(other, second, "hash-2").await.expect("claim"), Claim::New);
+    db.drop().await.expect("drop the test database");
+}
+
+/// The status stored for queries matches the phase (the `status_updated` index serves operator queries).
+#[tokio::test]
+async fn the_saga_document_carries_its_state_and_status_for_queries() {
+    let (db, store) = store("status").await;
+    let saga = saga(0, Phase::Compensated, None);
+    store.insert(&saga).await.expect("insert");
+    let raw = db.collection::<Document>("sagas").find_one(doc! { "_id": saga.id.to_string() }).await;
+    let raw = raw.expect("read").expect("the document");
+    assert_eq!(raw.get_str("state").expect("state"), "COMPENSATED");
+    assert_eq!(raw.get_str("status").expect("status"), OrderStatus::Cancelled.as_str());
+    assert!(raw.get_bool("pending").expect("pending"));
+    db.drop().await.expect("drop the test database");
+}
