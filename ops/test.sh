@@ -9,6 +9,8 @@ export CARGO_PROFILE=dev CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 started=()
 cleanup() {
   local rc=$?
+  # Service processes of an end-to-end test that was interrupted hard (its harness kills them otherwise).
+  pkill -KILL -f "^$REPO_DIR/target/debug/(orchestrator|inventory|payment|shipping)( |$)" 2>/dev/null || true
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do "${started[i]}" stop || true; done
   exit "$rc"
 }
@@ -33,11 +35,15 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 step "topics"
 "$OPS_DIR/infra.sh" topics
 
-step "unit tests"
+step "unit, contract and crate integration tests (the crates' own tests use the real Kafka and database)"
 cargo test --workspace --exclude tests --locked --quiet
 
-step "integration tests against the real Kafka and database (in parallel)"
+step "infrastructure tests: Kafka and the database through the client crates"
 cargo test -p tests --locked --quiet --test kafka --test mongo
+
+step "end-to-end: the real binaries on the real Kafka and database"
+cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults
+cargo test -p tests --locked --quiet --test saga_load -- --nocapture
 
 step "database restart (alone: it restarts the shared database)"
 cargo test -p tests --locked --quiet --test db_restart

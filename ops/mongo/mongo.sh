@@ -13,7 +13,8 @@ PORT=${MONGO_PORT:-27017}
 DEBUG_PORT=${FERRETDB_DEBUG_PORT:-8088}
 START_TIMEOUT=${MONGO_START_TIMEOUT:-60}
 HOME_DIR=$STATE_DIR/ferretdb
-BIN=$HOME_DIR/bin/ferretdb-$VERSION
+# The -idx suffix marks our build: upstream with the `_id` index patch below.
+BIN=$HOME_DIR/bin/ferretdb-$VERSION-idx
 DATA=$HOME_DIR/data
 LOG=$HOME_DIR/ferretdb.log
 PIDFILE=$HOME_DIR/ferretdb.pid
@@ -25,6 +26,11 @@ redacted_uri() { sed -E 's#//[^@/]*@#//***@#' <<<"$MONGODB_URI"; }
 # `go install` of FerretDB builds a binary that panics at start: the generated build/version/version.txt
 # is not part of the module (FerretDB issue #2982). So build from a writable copy of the module after
 # writing that file.
+#
+# One patch is applied: the SQLite backend creates its `_id` index on `_ferretdb_sjson->"_id"` but filters
+# on `_ferretdb_sjson->'$._id'`, which SQLite does not match to the index, so every find, update and delete
+# by `_id` scans the whole collection (the PostgreSQL backend has the same mismatch, FerretDB issue #4646).
+# Filtering on the indexed expression gives the same results and uses the index.
 install() {
   [ -x "$BIN" ] && return 0
   need go "install Go 1.22 or newer (Debian: apt-get install golang)"
@@ -37,6 +43,10 @@ install() {
     die "cannot download FerretDB $VERSION (log: $HOME_DIR/install.log); check that the Go module proxy is reachable"; }
   rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
   echo "$VERSION" >"$src/build/version/version.txt"
+  local metadata=$src/internal/backends/sqlite/metadata/metadata.go
+  sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \`->\"_id\"\`|" "$metadata"
+  grep -q 'IDColumn = DefaultColumn + `->"_id"`' "$metadata" \
+    || die "cannot apply the _id index patch to FerretDB $VERSION ($metadata changed); see ops/mongo/mongo.sh"
   if ! (cd "$src" && go build -trimpath -tags ferretdb_no_postgresql -o "$BIN.tmp" ./cmd/ferretdb) >>"$HOME_DIR/install.log" 2>&1; then
     tail -n 20 "$HOME_DIR/install.log" >&2
     die "building FerretDB $VERSION failed (log: $HOME_DIR/install.log)"

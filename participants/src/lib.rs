@@ -12,6 +12,13 @@
 //! - [`store`], [`metrics`], [`clock`], [`api`]: what the domains share: store errors and MongoDB helpers,
 //!   Prometheus metrics, the injected clock, the HTTP error type.
 //!
+//! **Database access rule** (details in [`store`](store#database-access-rule)): handling a command reads
+//! and writes documents by an exact `{_id: value}` filter, or inserts them; nothing else. FerretDB, the
+//! database CI runs on, answers only that filter from an index and scans the whole collection for any
+//! other (`{_id, status}`, `{saga_id}` even indexed, `$in`, `$match`), which made sagas time out under
+//! load. Conditions are checked in code after the read, which is safe because each participant is the
+//! single writer of its documents and handles one command at a time ([`runtime`]).
+//!
 //! The binaries `inventory`, `payment` and `shipping` are thin mains over [`app::serve`].
 
 pub mod api;

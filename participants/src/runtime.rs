@@ -7,8 +7,10 @@
 //!
 //! **One message at a time.** The consumer handles its messages strictly sequentially, across all the
 //! partitions assigned to it. That keeps one writer per document within a process (a SKU's stock, a saga's
-//! payment) without relying on conditional updates being atomic (they are not on FerretDB), keeps the
-//! in-memory stock cache exact, and makes "never store an offset past an unfinished message" trivial.
+//! payment), so a domain may read a document by `_id`, check its state in code and then write it by `_id`
+//! with no condition in the filter (conditional filters are slow scans, and not atomic, on FerretDB: see
+//! the [database access rule](crate::store#database-access-rule)); it keeps the in-memory stock cache
+//! exact, and makes "never store an offset past an unfinished message" trivial.
 //! Instances split the partitions (and so the sagas) between them through the consumer group. The cost is
 //! throughput: one database round trip chain per command; scale out with partitions and instances.
 //!

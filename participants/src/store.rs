@@ -4,13 +4,41 @@
 //! Every store error is transient from the runtime's point of view (the database is down, slow, or
 //! answered something unexpected): the runtime retries the whole message. Duplicate keys are not errors:
 //! inserts that may be repeated report [`Inserted::Existed`].
+//!
+//! # Database access rule
+//!
+//! While handling a command (the hot path), a store may only
+//!
+//! - find documents with a filter that is exactly `{_id: <value>}`,
+//! - insert documents (`insert_one`, or `insert_many` with deterministic `_id`s, where a duplicate key
+//!   means "already written"),
+//! - update, replace or delete documents with a filter that is exactly `{_id: <value>}`.
+//!
+//! No other filter: not `{_id, status}` for a conditional update, not `{saga_id}` or `{sku}` even with an
+//! index, not `{_id: {$in: [...]}}`, no `$match` in an aggregation. The reason is the database CI runs on:
+//! FerretDB 1.24 (SQLite backend) pushes only an exact `{_id}` filter down to SQLite; every other filter
+//! decodes the whole collection in Go (about 40 µs per document, so 160 ms at 4,000 documents), which made
+//! sagas time out under load. Conditions that used to sit in filters (such as "only if captured") are
+//! checked in code after the find by `_id`. That is safe because each participant process is the single
+//! writer of its documents and handles one command at a time (see [`crate::runtime`]); where such a check
+//! happens, a comment says so. Secondary indexes are not created either: FerretDB would not use them, and
+//! every insert would pay for them.
+//!
+//! Even `{_id}` is not an index lookup on FerretDB 1.24.2: it filters on `_ferretdb_sjson->'$._id'` while
+//! the `_id` index is on `_ferretdb_sjson->"_id"`, so SQLite scans the table (several times cheaper per
+//! document than the Go decode, but linear). `find_one` stops at the first match, so a hit on an old
+//! document is cheap, while a miss, a hit on a recent document, and every update or replace (a query,
+//! then an `UPDATE ... WHERE` on the same expression) cost a scan. Only inserts use the index. Hence, where
+//! the outcome allows it, insert first and read only on a duplicate key (a first `payment.charge` or
+//! `shipping.create` is one insert).
+//!
+//! Scans are allowed only once per start (the inventory loads its stock cache), never per command.
 
 use std::sync::Mutex;
 
+use mongodb::Collection;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, IndexModel};
 use serde::Serialize;
 
 /// A store operation that failed.
@@ -35,6 +63,13 @@ pub enum Error {
     /// The in-memory store was told to fail (fault injection).
     #[error("the store is unavailable (injected fault)")]
     Unavailable,
+    /// A document changed between this process reading it and writing it, which only another writer can
+    /// cause (each participant is meant to be its documents' single writer). Retrying re-reads it.
+    #[error("the {what} changed under this process (is a second instance writing the same database?)")]
+    Raced {
+        /// Which kind of document.
+        what: &'static str,
+    },
 }
 
 impl Error {
@@ -138,14 +173,34 @@ where
     }
 }
 
-/// Creates an index on `keys` named `name` (idempotent: an identical index is left alone).
-pub async fn ensure_index(collection: &Collection<Document>, keys: Document, name: &str) -> Result<(), Error> {
-    let options = IndexOptions::builder().name(name.to_owned()).build();
-    let index = IndexModel::builder().keys(keys).options(options).build();
-    collection.create_index(index).await.map(|_| ()).map_err(Error::database("create index"))
+/// Inserts every document of `documents` whose `_id` is not taken (an unordered `insert_many`); a duplicate
+/// key means that document was written before and is not an error.
+pub async fn insert_all<T>(collection: &Collection<T>, documents: &[T], operation: &'static str) -> Result<(), Error>
+where
+    T: Serialize + Send + Sync,
+{
+    if documents.is_empty() {
+        return Ok(());
+    }
+    match collection.insert_many(documents).ordered(false).await {
+        Ok(_) => Ok(()),
+        Err(e) if only_duplicate_keys(&e) => Ok(()),
+        Err(e) => Err(Error::Database { operation, source: e }),
+    }
 }
 
-/// A filter on `_id`.
+/// Whether every failure `error` reports is a duplicate key (so every other document was written).
+fn only_duplicate_keys(error: &mongodb::error::Error) -> bool {
+    match &*error.kind {
+        ErrorKind::InsertMany(e) => {
+            e.write_concern_error.is_none()
+                && e.write_errors.as_ref().is_some_and(|w| !w.is_empty() && w.iter().all(|e| e.code == 11000))
+        }
+        _ => is_duplicate_key(error),
+    }
+}
+
+/// The only filter the hot path may use (see the [database access rule](self#database-access-rule)).
 pub fn by_id(id: &str) -> Document {
     doc! { "_id": id }
 }

@@ -1,6 +1,7 @@
 //! The MongoDB stores of the three domains against the real database (`MONGODB_URI`; FerretDB by
-//! default): idempotency, exact stock conservation through the ledger, refund and cancel exactly once,
-//! tombstones. Each test works in a database of its own and drops it at the end.
+//! default): idempotency, exact stock conservation through the ledger and the reserve intent (including
+//! restarts after a reserve cut short), refund and cancel exactly once, tombstones. Each test works in a
+//! database of its own and drops it at the end.
 
 mod common;
 
@@ -11,7 +12,7 @@ use mongodb::Database;
 use mongodb::bson::{Document, doc};
 use participants::clock::SystemClock;
 use participants::domain::Handled;
-use participants::inventory::store::{StockMove, StockStore};
+use participants::inventory::store::{MoveKind, Reservation, ReservationStatus, StockMove, StockStore};
 use participants::inventory::{Inventory, MongoStockStore, RELEASED_BEFORE_RESERVE};
 use participants::payment::store::PaymentStatus;
 use participants::payment::{DECLINE_TOKEN, MongoPaymentStore, PaymentSettings, Payments};
@@ -43,7 +44,7 @@ async fn inventory(db: &Database) -> Inventory<MongoStockStore> {
 /// The ledger's sums, the cache, and a freshly loaded cache all agree.
 async fn assert_ledger(db: &Database, inv: &Inventory<MongoStockStore>, expected: &BTreeMap<String, i64>) {
     assert_eq!(&inv.all_available().await.expect("cache"), expected, "cache");
-    assert_eq!(&inv.store().available(None).await.expect("ledger"), expected, "ledger");
+    assert_eq!(&inv.store().available().await.expect("ledger"), expected, "ledger");
     assert_eq!(&inventory(db).await.all_available().await.expect("reloaded"), expected, "reloaded cache");
 }
 
@@ -78,28 +79,98 @@ async fn the_stock_ledger_reserves_all_or_nothing_and_releases_exactly_once() {
     db.drop().await.expect("drop the test database");
 }
 
+/// What a reserve of `lines` for `saga` leaves when the process is killed after its intent and the reserve
+/// moves of the first `moves` lines.
+async fn cut_reserve(inv: &Inventory<MongoStockStore>, saga: Uuid, lines: &[Line], moves: usize) {
+    let now = chrono::Utc::now();
+    let intent = Reservation {
+        saga_id: saga,
+        lines: lines.to_vec(),
+        status: ReservationStatus::Reserving,
+        reply: Reply::ok(),
+        updated_at: now,
+    };
+    inv.store().insert_reservation(&intent).await.expect("the intent");
+    let written: Vec<StockMove> =
+        lines[..moves].iter().map(|l| StockMove::reserve(saga, &l.sku, i64::from(l.quantity), now)).collect();
+    inv.store().insert_moves(&written).await.expect("some of the moves");
+}
+
+async fn status(inv: &Inventory<MongoStockStore>, saga: Uuid) -> ReservationStatus {
+    inv.store().reservation(saga).await.expect("read").expect("recorded").status
+}
+
 #[tokio::test]
 async fn a_half_applied_reserve_is_completed_once_after_a_restart() {
     let db = common::database("crash").await;
     let saga = Uuid::now_v7();
+    let lines = [line("SKU-A", 3), line("SKU-B", 4)];
     {
         let inv = inventory(&db).await;
         inv.set_available("SKU-A", 10).await.expect("stock");
         inv.set_available("SKU-B", 10).await.expect("stock");
-        // The process wrote one of two reserve moves and was killed.
-        let half = StockMove::reserve(saga, "SKU-A", 3, chrono::Utc::now());
-        inv.store().insert_move(&half).await.expect("half of the reserve");
+        // The process wrote the intent and one of two reserve moves, and was killed.
+        cut_reserve(&inv, saga, &lines, 1).await;
     }
     let inv = inventory(&db).await;
-    assert_eq!(inv.all_available().await.expect("cache"), stock(&[("SKU-A", 7), ("SKU-B", 10)]));
-    let lines = [line("SKU-A", 3), line("SKU-B", 4)];
-    assert_eq!(inv.reserve(saga, &lines).await.expect("redelivered").reply, Reply::ok());
+    let held = stock(&[("SKU-A", 7), ("SKU-B", 6)]);
+    assert_eq!(inv.all_available().await.expect("cache"), held, "the intent holds the line without a move");
+    assert_eq!(inv.reserve(saga, &lines).await.expect("redelivered"), Handled::applied(Reply::ok()));
     assert_eq!(inv.reserve(saga, &lines).await.expect("again"), Handled::repeated(Reply::ok()));
-    assert_ledger(&db, &inv, &stock(&[("SKU-A", 7), ("SKU-B", 6)])).await;
+    assert_eq!(status(&inv, saga).await, ReservationStatus::Reserved);
+    assert_ledger(&db, &inv, &held).await;
     let moves = db.collection::<Document>("stock_moves").count_documents(doc! { "saga_id": saga.to_string() }).await;
     assert_eq!(moves.expect("count"), 2, "one move per line");
     inv.release(saga).await.expect("release");
     assert_ledger(&db, &inv, &stock(&[("SKU-A", 10), ("SKU-B", 10)])).await;
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn a_release_after_an_intent_only_crash_restores_exactly_and_refuses_the_late_reserve() {
+    let db = common::database("intent").await;
+    let (saga, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let lines = [line("SKU-A", 3), line("SKU-B", 10)];
+    {
+        let inv = inventory(&db).await;
+        inv.set_available("SKU-A", 10).await.expect("stock");
+        inv.set_available("SKU-B", 10).await.expect("stock");
+        // The process wrote the intent and was killed before any move.
+        cut_reserve(&inv, saga, &lines, 0).await;
+    }
+    let inv = inventory(&db).await;
+    assert_eq!(inv.all_available().await.expect("cache"), stock(&[("SKU-A", 7), ("SKU-B", 0)]), "held");
+    let refused = inv.reserve(other, &[line("SKU-B", 1)]).await.expect("another saga");
+    assert_eq!(business(&refused.reply), "not enough stock for SKU-B", "held stock is not taken twice");
+
+    assert_eq!(inv.release(saga).await.expect("release"), Handled::applied(Reply::ok()));
+    assert_eq!(inv.release(saga).await.expect("again"), Handled::repeated(Reply::ok()));
+    assert_eq!(status(&inv, saga).await, ReservationStatus::Released);
+    assert_ledger(&db, &inv, &stock(&[("SKU-A", 10), ("SKU-B", 10)])).await;
+    let late = inv.reserve(saga, &lines).await.expect("late reserve");
+    assert_eq!(business(&late.reply), RELEASED_BEFORE_RESERVE);
+    assert_ledger(&db, &inv, &stock(&[("SKU-A", 10), ("SKU-B", 10)])).await;
+    let moves = db.collection::<Document>("stock_moves").count_documents(doc! { "saga_id": saga.to_string() }).await;
+    assert_eq!(moves.expect("count"), 0, "nothing was moved for the saga");
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn a_batch_of_moves_skips_the_ones_written_before() {
+    let db = common::database("batch").await;
+    let store = MongoStockStore::new(&db);
+    let (saga, now) = (Uuid::now_v7(), chrono::Utc::now());
+    let moves: Vec<StockMove> =
+        ["SKU-A", "SKU-B", "SKU-C"].iter().map(|sku| StockMove::reserve(saga, sku, 2, now)).collect();
+    store.insert_moves(&moves[1..2]).await.expect("one move");
+    store.insert_moves(&moves).await.expect("the batch, one of which exists");
+    store.insert_moves(&moves).await.expect("the batch again");
+    for sku in ["SKU-A", "SKU-B", "SKU-C"] {
+        let found = store.find_move(&StockMove::id(saga, sku, MoveKind::Reserve)).await.expect("find");
+        assert_eq!(found.map(|m| (m.sku, m.delta)), Some((sku.to_owned(), -2)));
+    }
+    assert_eq!(store.available().await.expect("sums"), stock(&[("SKU-A", -2), ("SKU-B", -2), ("SKU-C", -2)]));
+    assert!(store.find_move("no-such-move").await.expect("find").is_none());
     db.drop().await.expect("drop the test database");
 }
 

@@ -227,28 +227,53 @@ async fn describe(
     names: Vec<String>,
     created: Vec<String>,
 ) -> Result<Vec<TopicOutcome>, Error> {
+    // A topic just created shows up in the metadata (with its partitions) a moment later: wait for every
+    // topic to be there, so that callers can rely on it.
+    let admin = std::sync::Arc::new(admin);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = partition_counts(settings, admin.clone(), names.clone()).await?;
+        let all_visible = counts.iter().all(|&n| n > 0);
+        if all_visible || tokio::time::Instant::now() >= deadline {
+            let outcomes = names
+                .into_iter()
+                .zip(counts)
+                .map(|(topic, partitions)| {
+                    if created.contains(&topic) {
+                        TopicOutcome::Created { topic, partitions }
+                    } else {
+                        TopicOutcome::Existed { topic, partitions }
+                    }
+                })
+                .collect();
+            return Ok(outcomes);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The partition count of each of `names` in the cluster's metadata (0 for a topic not seen yet).
+async fn partition_counts(
+    settings: &KafkaSettings,
+    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+    names: Vec<String>,
+) -> Result<Vec<i32>, Error> {
     let bootstrap_servers = settings.bootstrap_servers.clone();
     let timeout = Duration::from_secs(10);
     let metadata = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
         .await
         .expect("metadata request task panicked")
         .map_err(|source| Error::Unreachable { bootstrap_servers, timeout, source: Box::new(source) })?;
-    let outcomes = names
-        .into_iter()
+    Ok(names
+        .iter()
         .map(|topic| {
-            let partitions = metadata
+            metadata
                 .topics()
                 .iter()
                 .find(|t| t.name() == topic)
-                .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX));
-            if created.contains(&topic) {
-                TopicOutcome::Created { topic, partitions: settings.partitions }
-            } else {
-                TopicOutcome::Existed { topic, partitions }
-            }
+                .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
         })
-        .collect();
-    Ok(outcomes)
+        .collect())
 }
 
 /// The partition Kafka's default (murmur2) partitioner picks for `key` among `partitions`; the producers here

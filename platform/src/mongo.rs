@@ -90,8 +90,9 @@ pub enum Flavor {
     /// MongoDB: a filter on `_id` plus other fields uses the `_id` index, and a conditional update on one
     /// document is atomic.
     MongoDb,
-    /// FerretDB 1.x (SQLite backend): only a filter that is exactly `{_id: value}` is answered from an index
-    /// (anything else scans the collection), and updates are read-modify-write, not atomic.
+    /// FerretDB 1.x (SQLite backend): only a filter that is exactly `{_id: value}` is answered from the `_id`
+    /// index (anything else, `{_id, version}` included, scans the collection), and updates are
+    /// read-modify-write, not atomic.
     FerretDb,
 }
 

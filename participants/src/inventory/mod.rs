@@ -1,33 +1,49 @@
 //! The inventory participant: stock per SKU, reserved for a saga all lines or none, and released exactly.
 //!
 //! **Ledger.** Stock lives in an append-only ledger of moves with deterministic ids (see [`store`]); the
-//! available stock of a SKU is the sum of its deltas. No multi-document transaction is needed: the process
-//! may be killed between any two writes, and repeating the command repeats only writes of moves that exist
-//! already, which the unique `_id` turns into no-ops. Stock is conserved exactly.
+//! available stock of a SKU is the sum of its deltas, less what open reserve intents hold. No
+//! multi-document transaction is needed: the process may be killed between any two writes, and repeating
+//! the command repeats only writes of documents that exist already, which the unique `_id` turns into
+//! no-ops. Stock is conserved exactly.
+//!
+//! **Reserve** (saga `s`, lines `L`). Only the reservation record (`_id` = `s`) and the moves of `L` (by
+//! their deterministic ids) are read, never a query on `saga_id` (see the
+//! [database access rule](crate::store#database-access-rule)). A final record (`reserved`, `refused`,
+//! `released`) answers with its saved reply. With no record, the cache decides: refused (`not enough
+//! stock for SKU-x`, one insert, nothing taken), or reserve, in three steps: (1) insert the record as the
+//! intent, status `reserving` with `L`, before any move, (2) insert the reserve moves in one batch, (3)
+//! mark the record `reserved`. The decision is taken when the intent is written: a record found
+//! `reserving` (the process was interrupted) is completed, writing only the moves a find by `_id` shows
+//! missing, unless a release has begun meanwhile (a release move exists), in which case the release is
+//! finished and the reserve refused.
+//!
+//! **Release** has no lines of its own: they come from the record. No record means nothing was ever
+//! reserved: a `released` tombstone is inserted so that a late reserve for `s` is refused. Otherwise the
+//! release move of every reserve move that exists (all of them once `reserved`; those found by `_id`
+//! while `reserving`) is written, then the record is marked `released`. A record already `released` means
+//! all of that was done: nothing is repeated.
 //!
 //! **Cache.** Decisions ("is there enough stock?") are taken from an in-memory cache of the available stock
-//! per SKU, loaded at start-up and kept up to date by the writes this process makes. The inventory is the
-//! only writer (the runtime calls it one command at a time, and HTTP restocks take the same lock), so the
-//! cache is exact; a SKU whose write failed (outcome unknown) is reloaded from the ledger before it is used
-//! again. Consequently seeding while the service runs must go through its HTTP API (`PUT /v1/stock/{sku}`):
-//! a separate process writing the ledger would not update this process's cache.
+//! per SKU: at start-up the ledger's sums (the one scan) less the lines of `reserving` intents that have no
+//! move yet; afterwards kept up to date by this process's own writes. The cache counts a saga's lines
+//! from its intent on, so writing the reserve moves changes nothing in it (no double count) and no other
+//! saga can take stock an interrupted reserve will still write. When an operation fails (or is dropped)
+//! after it may have written something, the saga is re-read by `_id` (record and moves) before the cache
+//! is used again, and the cache moves from what it counted for the saga to what the saga now holds.
 //!
-//! For the same reason, run **one inventory instance per database**: the consumer group splits sagas, not
-//! SKUs, between instances, and two instances would each decide from their own cache. Scaling out needs
-//! SKU-partitioned instances (each owning a disjoint set of SKUs), which this version does not do.
-//!
-//! **Reserve** (saga `s`, lines `L`): a recorded outcome for `s` is re-sent; reserve moves of `s` without a
-//! record mean a reserve was decided and interrupted, so the missing moves are written; otherwise the cache
-//! decides: all lines, or `not enough stock for SKU-x` and nothing. **Release**: writes the release move of
-//! each reserve move of `s` (exactly what was taken), marks the record released, and when nothing was
-//! reserved leaves a `released` tombstone so that a late reserve for `s` is refused.
+//! The inventory is the only writer (the runtime calls it one command at a time, and HTTP restocks take
+//! the same lock), so the cache is exact. Consequently seeding while the service runs must go through its
+//! HTTP API (`PUT /v1/stock/{sku}`): a separate process writing the ledger would not update this process's
+//! cache. For the same reason, run **one inventory instance per database**: the consumer group splits
+//! sagas, not SKUs, between instances, and two instances would each decide from their own cache. Scaling
+//! out needs SKU-partitioned instances (each owning a disjoint set of SKUs), which this version does not do.
 
 pub mod http;
 pub mod memory;
 pub mod mongo;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -65,11 +81,33 @@ pub struct Inventory<S> {
     cache: Mutex<Cache>,
 }
 
-/// Available stock per SKU, as the ledger says, and the SKUs whose value must be reloaded before use.
+/// A change of the available stock per SKU (what a saga holds, or a restock).
+type Holding = BTreeMap<String, i64>;
+
+/// Available stock per SKU, and the changes whose writes may or may not have happened.
 #[derive(Debug, Default)]
 struct Cache {
     available: BTreeMap<String, i64>,
-    stale: BTreeSet<String>,
+    unsure: Vec<Unsure>,
+}
+
+/// An operation that began writing and did not finish (a write failed, or it was dropped): the cache
+/// still counts what it counted before, and must be corrected from the database before it is used.
+#[derive(Debug, Clone)]
+enum Unsure {
+    /// A saga's reserve or release; `counted` is what the cache counted for the saga before it.
+    Saga { saga_id: Uuid, counted: Holding },
+    /// A restock move (counted for nothing before).
+    Restock(StockMove),
+}
+
+impl Unsure {
+    fn counted(&self) -> Holding {
+        match self {
+            Unsure::Saga { counted, .. } => counted.clone(),
+            Unsure::Restock(_) => Holding::new(),
+        }
+    }
 }
 
 impl Cache {
@@ -77,26 +115,99 @@ impl Cache {
         self.available.get(sku).copied().unwrap_or(0)
     }
 
-    fn add(&mut self, sku: &str, delta: i64) {
-        *self.available.entry(sku.to_owned()).or_insert(0) += delta;
+    /// Moves the cache from counting `from` to counting `to` (every SKU of `to` becomes known).
+    fn shift(&mut self, from: &Holding, to: &Holding) {
+        for (sku, delta) in to {
+            *self.available.entry(sku.clone()).or_insert(0) += delta - from.get(sku).copied().unwrap_or(0);
+        }
+        for (sku, delta) in from.iter().filter(|(sku, _)| !to.contains_key(*sku)) {
+            *self.available.entry(sku.clone()).or_insert(0) -= delta;
+        }
     }
 
-    fn mark_stale<'a>(&mut self, skus: impl IntoIterator<Item = &'a str>) {
-        self.stale.extend(skus.into_iter().map(str::to_owned));
+    /// Records that an operation is about to write (so that a failure leaves it to be re-read).
+    fn begin(&mut self, unsure: Unsure) {
+        self.unsure.push(unsure);
+    }
+
+    /// The operation begun last is done (or re-read): the cache now counts `to` for it.
+    fn settle(&mut self, to: &Holding) {
+        if let Some(unsure) = self.unsure.pop() {
+            self.shift(&unsure.counted(), to);
+        }
     }
 
     /// The first line the cache cannot serve.
     fn short<'a>(&self, lines: &'a [Line]) -> Option<&'a Line> {
-        lines.iter().find(|l| self.get(&l.sku) < i64::from(l.quantity))
+        lines.iter().find(|l| self.get(&l.sku) < units(l))
     }
 }
 
+/// A saga's reservation record with the moves of its lines that exist.
+#[derive(Debug)]
+struct Observed {
+    reservation: Reservation,
+    /// Units taken, by SKU, for each reserve move that exists.
+    taken: BTreeMap<String, i64>,
+    /// Units given back, by SKU, for each release move that exists.
+    given: BTreeMap<String, i64>,
+}
+
+impl Observed {
+    /// A record none of whose moves exists (a new intent, or a refusal).
+    fn without_moves(reservation: Reservation) -> Self {
+        Self { reservation, taken: BTreeMap::new(), given: BTreeMap::new() }
+    }
+
+    /// What the saga holds of the available stock: its moves, plus the holds of its intent.
+    fn holding(&self) -> Holding {
+        let mut holding = self.holds();
+        for (sku, units) in &self.taken {
+            *holding.entry(sku.clone()).or_insert(0) -= units;
+        }
+        for (sku, units) in &self.given {
+            *holding.entry(sku.clone()).or_insert(0) += units;
+        }
+        holding.retain(|_, delta| *delta != 0);
+        holding
+    }
+
+    /// While `reserving`, the lines whose reserve move is not written yet: the intent holds them.
+    fn holds(&self) -> Holding {
+        if self.reservation.status != ReservationStatus::Reserving {
+            return Holding::new();
+        }
+        let unmoved = self.reservation.lines.iter().filter(|l| !self.taken.contains_key(&l.sku));
+        unmoved.map(|l| (l.sku.clone(), -units(l))).collect()
+    }
+}
+
+/// The units of `line`.
+fn units(line: &Line) -> i64 {
+    i64::from(line.quantity)
+}
+
+/// What a saga whose every line is reserved (and none released) holds.
+fn reserved_holding(lines: &[Line]) -> Holding {
+    lines.iter().map(|l| (l.sku.clone(), -units(l))).collect()
+}
+
 impl<S: StockStore> Inventory<S> {
-    /// Creates the store's indexes and loads the cache from the ledger.
+    /// Prepares the store and loads the cache: the ledger's sums, less what `reserving` intents hold.
+    /// Both are whole-collection reads, done once per start.
     pub async fn open(store: S, clock: Arc<dyn Clock>) -> Result<Self, Error> {
         store.ensure_indexes().await?;
-        let available = store.available(None).await?;
-        Ok(Self { store, clock, cache: Mutex::new(Cache { available, stale: BTreeSet::new() }) })
+        let cache = Cache { available: store.available().await?, unsure: Vec::new() };
+        let inventory = Self { store, clock, cache: Mutex::new(cache) };
+        let in_progress = inventory.store.reservations_in_progress().await?;
+        let mut cache = inventory.cache.lock().await;
+        for intent in in_progress {
+            // The ledger has the moves written so far; the intent holds the rest.
+            let observed = inventory.observe(intent).await?;
+            cache.shift(&Holding::new(), &observed.holds());
+        }
+        drop(cache);
+        Ok(inventory)
     }
 
     /// The store (for tests and tools).
@@ -104,66 +215,142 @@ impl<S: StockStore> Inventory<S> {
         &self.store
     }
 
+    /// The store, giving up the inventory (for tests that restart it over the same store).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
     /// Reserves every line of `lines` for saga `saga_id`, or none.
     pub async fn reserve(&self, saga_id: Uuid, lines: &[Line]) -> Result<Handled, Error> {
         let mut cache = self.cache.lock().await;
-        let result = self.reserve_locked(&mut cache, saga_id, lines).await;
-        if result.is_err() {
-            cache.mark_stale(lines.iter().map(|l| l.sku.as_str()));
+        self.refresh(&mut cache).await?;
+        // Every write below is decided from the record read here and filtered by `_id` alone: this process
+        // is the inventory's single writer and handles one command at a time (under the cache lock), so
+        // the record cannot change in between.
+        match self.store.reservation(saga_id).await? {
+            None => self.reserve_new(&mut cache, saga_id, lines).await,
+            Some(intent) if intent.status == ReservationStatus::Reserving => self.resume(&mut cache, intent).await,
+            Some(recorded) => Ok(Handled::repeated(recorded.reply)),
         }
-        result
     }
 
-    async fn reserve_locked(&self, cache: &mut Cache, saga_id: Uuid, lines: &[Line]) -> Result<Handled, Error> {
-        if let Some(recorded) = self.store.reservation(saga_id).await? {
-            return Ok(Handled::repeated(recorded.reply));
-        }
-        let moves = self.store.saga_moves(saga_id).await?;
-        if moves.iter().any(|m| m.kind == MoveKind::Release) {
-            // A release ran (and was interrupted before recording): this reserve comes too late.
-            let reply = Reply::business(RELEASED_BEFORE_RESERVE);
-            self.record(saga_id, lines_of(&moves), ReservationStatus::Released, reply.clone()).await?;
-            return Ok(Handled::applied(reply));
-        }
-        let decided = moves.iter().any(|m| m.kind == MoveKind::Reserve);
-        self.refresh(cache).await?;
-        if !decided && let Some(line) = cache.short(lines) {
+    /// A first reserve: the cache decides; a refusal is one insert, a reservation the intent, the moves
+    /// and the mark.
+    async fn reserve_new(&self, cache: &mut Cache, saga_id: Uuid, lines: &[Line]) -> Result<Handled, Error> {
+        if let Some(line) = cache.short(lines) {
             let reply = Reply::business(format!("not enough stock for {}", line.sku));
-            self.record(saga_id, lines.to_vec(), ReservationStatus::Refused, reply.clone()).await?;
+            let refused = self.record(saga_id, lines.to_vec(), ReservationStatus::Refused, reply.clone());
+            self.insert_record(&refused).await?;
             return Ok(Handled::applied(reply));
         }
-        let now = self.clock.now();
-        for line in lines {
-            self.insert(cache, &StockMove::reserve(saga_id, &line.sku, i64::from(line.quantity), now)).await?;
+        // From here on the saga may hold its lines: if a write fails, the saga is re-read.
+        cache.begin(Unsure::Saga { saga_id, counted: Holding::new() });
+        let intent = self.record(saga_id, lines.to_vec(), ReservationStatus::Reserving, Reply::ok());
+        self.insert_record(&intent).await?;
+        // A saga's moves are only written after its record: none exists yet.
+        self.complete(cache, Observed::without_moves(intent)).await
+    }
+
+    /// A reserve finding the saga's intent: an earlier attempt decided to reserve and was interrupted.
+    /// Completes it, unless a release has begun meanwhile (then finishes that and refuses the reserve).
+    async fn resume(&self, cache: &mut Cache, intent: Reservation) -> Result<Handled, Error> {
+        let saga_id = intent.saga_id;
+        let observed = self.observe(intent).await?;
+        tracing::info!(saga_id = %saga_id, moves_written = observed.taken.len(), "completing an interrupted reserve");
+        cache.begin(Unsure::Saga { saga_id, counted: observed.holding() });
+        if !observed.given.is_empty() {
+            let reply = Reply::business(RELEASED_BEFORE_RESERVE);
+            self.finish_release(cache, observed, reply.clone()).await?;
+            return Ok(Handled::applied(reply));
         }
-        self.record(saga_id, lines.to_vec(), ReservationStatus::Reserved, Reply::ok()).await?;
+        self.complete(cache, observed).await
+    }
+
+    /// Writes the reserve moves the intent lacks (duplicate keys are moves written before), then marks the
+    /// record reserved. The cache already counts the lines as held, so it does not change.
+    async fn complete(&self, cache: &mut Cache, observed: Observed) -> Result<Handled, Error> {
+        let Observed { reservation, taken, .. } = observed;
+        let now = self.clock.now();
+        let missing: Vec<StockMove> = (reservation.lines.iter())
+            .filter(|l| !taken.contains_key(&l.sku))
+            .map(|l| StockMove::reserve(reservation.saga_id, &l.sku, units(l), now))
+            .collect();
+        self.store.insert_moves(&missing).await?;
+        let reserved =
+            Reservation { status: ReservationStatus::Reserved, reply: Reply::ok(), updated_at: now, ..reservation };
+        self.store.replace_reservation(&reserved).await?;
+        cache.settle(&reserved_holding(&reserved.lines));
         Ok(Handled::applied(Reply::ok()))
     }
 
     /// Gives back exactly what saga `saga_id` reserved (nothing if it reserved nothing), once.
     pub async fn release(&self, saga_id: Uuid) -> Result<Handled, Error> {
         let mut cache = self.cache.lock().await;
-        self.release_locked(&mut cache, saga_id).await
+        self.refresh(&mut cache).await?;
+        let Some(recorded) = self.store.reservation(saga_id).await? else {
+            // Nothing was ever reserved (every move comes after the record): a tombstone refuses a late reserve.
+            let reply = Reply::business(RELEASED_BEFORE_RESERVE);
+            self.insert_record(&self.record(saga_id, Vec::new(), ReservationStatus::Released, reply)).await?;
+            return Ok(Handled::applied(Reply::ok()));
+        };
+        // Decided from the status read above, then written by `_id` alone: safe for the single writer (see
+        // `reserve`).
+        let (observed, reply) = match recorded.status {
+            ReservationStatus::Released => return Ok(Handled::repeated(Reply::ok())),
+            ReservationStatus::Refused => {
+                let reply = recorded.reply.clone();
+                (Observed::without_moves(recorded), reply)
+            }
+            ReservationStatus::Reserved => (self.observe_reserved(recorded).await?, Reply::ok()),
+            // An interrupted reserve: give back what it took, and refuse it if it comes again.
+            ReservationStatus::Reserving => (self.observe(recorded).await?, Reply::business(RELEASED_BEFORE_RESERVE)),
+        };
+        cache.begin(Unsure::Saga { saga_id, counted: observed.holding() });
+        self.finish_release(&mut cache, observed, reply).await?;
+        Ok(Handled::applied(Reply::ok()))
     }
 
-    async fn release_locked(&self, cache: &mut Cache, saga_id: Uuid) -> Result<Handled, Error> {
-        let recorded = self.store.reservation(saga_id).await?;
-        let moves = self.store.saga_moves(saga_id).await?;
+    /// Writes the release move of every reserve move that exists and lacks one, then marks the record
+    /// released, keeping `reply` for a later reserve. The saga then holds nothing.
+    async fn finish_release(&self, cache: &mut Cache, observed: Observed, reply: Reply) -> Result<(), Error> {
+        let Observed { reservation, taken, given } = observed;
         let now = self.clock.now();
-        let mut released_now = false;
-        for reserve in moves.iter().filter(|m| m.kind == MoveKind::Reserve) {
-            released_now |= self.insert(cache, &StockMove::release_of(reserve, now)).await? == Inserted::New;
-        }
-        let was_released = recorded.as_ref().is_some_and(|r| r.status == ReservationStatus::Released);
-        match recorded {
-            Some(r) if r.status == ReservationStatus::Released => {}
-            Some(r) => self.record(saga_id, r.lines, ReservationStatus::Released, r.reply).await?,
-            None => {
-                let reply = Reply::business(RELEASED_BEFORE_RESERVE);
-                self.record(saga_id, lines_of(&moves), ReservationStatus::Released, reply).await?;
+        let missing: Vec<StockMove> = (taken.iter())
+            .filter(|(sku, _)| !given.contains_key(*sku))
+            .map(|(sku, units)| StockMove::release(reservation.saga_id, sku, *units, now))
+            .collect();
+        self.store.insert_moves(&missing).await?;
+        let released = Reservation { status: ReservationStatus::Released, reply, updated_at: now, ..reservation };
+        self.store.replace_reservation(&released).await?;
+        cache.settle(&Holding::new());
+        Ok(())
+    }
+
+    /// `reservation` with the moves of its lines that exist, each found by its `_id`.
+    async fn observe(&self, reservation: Reservation) -> Result<Observed, Error> {
+        let taken = self.find_moves(&reservation, MoveKind::Reserve).await?;
+        let given = self.find_moves(&reservation, MoveKind::Release).await?;
+        Ok(Observed { reservation, taken, given })
+    }
+
+    /// A `reserved` record: every reserve move exists (they are written before the mark), so only the
+    /// release moves are looked up.
+    async fn observe_reserved(&self, reservation: Reservation) -> Result<Observed, Error> {
+        let taken = reservation.lines.iter().map(|l| (l.sku.clone(), units(l))).collect();
+        let given = self.find_moves(&reservation, MoveKind::Release).await?;
+        Ok(Observed { reservation, taken, given })
+    }
+
+    /// The units of each existing move of `kind` of the record's lines, by SKU.
+    async fn find_moves(&self, reservation: &Reservation, kind: MoveKind) -> Result<BTreeMap<String, i64>, Error> {
+        let mut found = BTreeMap::new();
+        for line in &reservation.lines {
+            let id = StockMove::id(reservation.saga_id, &line.sku, kind);
+            if let Some(stock_move) = self.store.find_move(&id).await? {
+                found.insert(stock_move.sku, stock_move.delta.abs());
             }
         }
-        Ok(if was_released && !released_now { Handled::repeated(Reply::ok()) } else { Handled::applied(Reply::ok()) })
+        Ok(found)
     }
 
     /// Sets the available stock of `sku` to `target` by appending a restock move of the difference (none
@@ -175,7 +362,10 @@ impl<S: StockStore> Inventory<S> {
         let delta = target - cache.get(sku);
         if delta != 0 || !known {
             let id = Uuid::now_v7().to_string();
-            self.insert(&mut cache, &StockMove::restock(&id, sku, delta, self.clock.now())).await?;
+            let restock = StockMove::restock(&id, sku, delta, self.clock.now());
+            cache.begin(Unsure::Restock(restock.clone()));
+            self.store.insert_moves(std::slice::from_ref(&restock)).await?;
+            cache.settle(&Holding::from([(restock.sku, restock.delta)]));
         }
         Ok(cache.get(sku))
     }
@@ -202,58 +392,41 @@ impl<S: StockStore> Inventory<S> {
         Ok(cache.available.clone())
     }
 
-    /// Appends `stock_move`, keeping the cache in step; a failed write leaves its SKU stale.
-    async fn insert(&self, cache: &mut Cache, stock_move: &StockMove) -> Result<Inserted, Error> {
-        match self.store.insert_move(stock_move).await {
-            Ok(Inserted::New) => {
-                cache.add(&stock_move.sku, stock_move.delta);
-                Ok(Inserted::New)
-            }
-            Ok(Inserted::Existed) => Ok(Inserted::Existed),
-            Err(error) => {
-                cache.mark_stale([stock_move.sku.as_str()]);
-                Err(error)
-            }
-        }
-    }
-
-    /// Reloads the stale SKUs from the ledger.
+    /// Corrects the cache for every unfinished operation, re-reading what it wrote by `_id`.
     async fn refresh(&self, cache: &mut Cache) -> Result<(), Error> {
-        if cache.stale.is_empty() {
-            return Ok(());
+        while let Some(unsure) = cache.unsure.last().cloned() {
+            let now = self.recount(&unsure).await?;
+            cache.settle(&now);
+            tracing::info!(?unsure, ?now, "re-read an unfinished operation");
         }
-        let skus: Vec<String> = cache.stale.iter().cloned().collect();
-        let fresh = self.store.available(Some(&skus)).await?;
-        for sku in skus {
-            match fresh.get(&sku) {
-                Some(available) => cache.available.insert(sku, *available),
-                None => cache.available.remove(&sku),
-            };
-        }
-        cache.stale.clear();
-        tracing::info!(skus = fresh.len(), "reloaded stale stock from the ledger");
         Ok(())
     }
 
-    async fn record(
-        &self,
-        saga_id: Uuid,
-        lines: Vec<Line>,
-        status: ReservationStatus,
-        reply: Reply,
-    ) -> Result<(), Error> {
-        let reservation = Reservation { saga_id, lines, status, reply, updated_at: self.clock.now() };
-        self.store.put_reservation(&reservation).await
+    /// What an unfinished operation's subject holds now.
+    async fn recount(&self, unsure: &Unsure) -> Result<Holding, Error> {
+        match unsure {
+            Unsure::Saga { saga_id, .. } => match self.store.reservation(*saga_id).await? {
+                Some(reservation) => Ok(self.observe(reservation).await?.holding()),
+                None => Ok(Holding::new()),
+            },
+            Unsure::Restock(restock) => match self.store.find_move(&restock.id).await? {
+                Some(found) => Ok(Holding::from([(found.sku, found.delta)])),
+                None => Ok(Holding::new()),
+            },
+        }
     }
-}
 
-/// The lines a saga's reserve moves took.
-fn lines_of(moves: &[StockMove]) -> Vec<Line> {
-    moves
-        .iter()
-        .filter(|m| m.kind == MoveKind::Reserve)
-        .map(|m| Line { sku: m.sku.clone(), quantity: u32::try_from(-m.delta).unwrap_or(0) })
-        .collect()
+    /// Inserts the saga's first record (the single writer read none just before).
+    async fn insert_record(&self, reservation: &Reservation) -> Result<(), Error> {
+        match self.store.insert_reservation(reservation).await? {
+            Inserted::New => Ok(()),
+            Inserted::Existed => Err(Error::Raced { what: "reservation" }),
+        }
+    }
+
+    fn record(&self, saga_id: Uuid, lines: Vec<Line>, status: ReservationStatus, reply: Reply) -> Reservation {
+        Reservation { saga_id, lines, status, reply, updated_at: self.clock.now() }
+    }
 }
 
 impl<S: StockStore> Domain for Inventory<S> {

@@ -1,11 +1,14 @@
 //! The MongoDB [`StockStore`]. Collections:
 //!
 //! - `stock_moves`: `{_id, sku, saga_id (string or null), kind (reserve|release|restock), delta (int64),
-//!   at (date)}`, append-only, indexed by `sku` and by `saga_id`.
-//! - `reservations`: `{_id: saga id, lines: [{sku, quantity}], status (reserved|refused|released), reply,
-//!   updated_at}`.
+//!   at (date)}`, append-only.
+//! - `reservations`: `{_id: saga id, lines: [{sku, quantity}], status (reserving|reserved|refused|released),
+//!   reply, updated_at}`.
 //!
-//! Saga ids are stored as their canonical text, so filters and documents always agree.
+//! Only `_id` is indexed, and the hot path filters by `_id` alone (see the
+//! [database access rule](crate::store#database-access-rule)); `sku`, `saga_id` and `status` are stored
+//! for operators and for the start-up scans. Saga ids are stored as their canonical text, so ids and
+//! documents always agree.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::store::{MoveKind, Reservation, ReservationStatus, StockMove, StockStore};
-use crate::store::{self, Error, Inserted, by_id, ensure_index, insert_once};
+use crate::store::{Error, Inserted, by_id, insert_all, insert_once};
 
 const MOVES: &str = "stock_moves";
 const RESERVATIONS: &str = "reservations";
@@ -28,13 +31,12 @@ const RESERVATIONS: &str = "reservations";
 pub struct MongoStockStore {
     moves: Collection<MoveDoc>,
     reservations: Collection<ReservationDoc>,
-    db: Database,
 }
 
 impl MongoStockStore {
     /// The store in `db`.
     pub fn new(db: &Database) -> Self {
-        Self { moves: db.collection(MOVES), reservations: db.collection(RESERVATIONS), db: db.clone() }
+        Self { moves: db.collection(MOVES), reservations: db.collection(RESERVATIONS) }
     }
 }
 
@@ -146,19 +148,14 @@ fn as_i64(value: Option<&Bson>) -> Result<i64, Error> {
 
 impl StockStore for MongoStockStore {
     async fn ensure_indexes(&self) -> Result<(), Error> {
-        let moves = self.db.collection::<Document>(MOVES);
-        ensure_index(&moves, doc! { "sku": 1 }, "sku").await?;
-        ensure_index(&moves, doc! { "saga_id": 1 }, "saga_id").await
+        Ok(())
     }
 
-    async fn available(&self, skus: Option<&[String]>) -> Result<BTreeMap<String, i64>, Error> {
-        let mut pipeline = Vec::new();
-        if let Some(skus) = skus {
-            pipeline.push(doc! { "$match": { "sku": { "$in": skus } } });
-        }
-        pipeline.push(doc! { "$group": { "_id": "$sku", "available": { "$sum": "$delta" } } });
-        let cursor = self.moves.aggregate(pipeline).await.map_err(store::Error::database("sum stock moves"))?;
-        let groups: Vec<Document> = cursor.try_collect().await.map_err(store::Error::database("sum stock moves"))?;
+    async fn available(&self) -> Result<BTreeMap<String, i64>, Error> {
+        // Start-up only: a `$group` over the whole ledger.
+        let pipeline = [doc! { "$group": { "_id": "$sku", "available": { "$sum": "$delta" } } }];
+        let cursor = self.moves.aggregate(pipeline).await.map_err(Error::database("sum stock moves"))?;
+        let groups: Vec<Document> = cursor.try_collect().await.map_err(Error::database("sum stock moves"))?;
         groups
             .iter()
             .map(|g| {
@@ -168,15 +165,23 @@ impl StockStore for MongoStockStore {
             .collect()
     }
 
-    async fn insert_move(&self, stock_move: &StockMove) -> Result<Inserted, Error> {
-        insert_once(&self.moves, &MoveDoc::from(stock_move), "insert stock move").await
+    async fn reservations_in_progress(&self) -> Result<Vec<Reservation>, Error> {
+        // Start-up only: a filter on `status` scans the collection.
+        let filter = doc! { "status": ReservationStatus::Reserving.as_str() };
+        let cursor = self.reservations.find(filter).await.map_err(Error::database("find reservations in progress"))?;
+        let docs: Vec<ReservationDoc> =
+            cursor.try_collect().await.map_err(Error::database("find reservations in progress"))?;
+        docs.into_iter().map(ReservationDoc::into_reservation).collect()
     }
 
-    async fn saga_moves(&self, saga_id: Uuid) -> Result<Vec<StockMove>, Error> {
-        let filter = doc! { "saga_id": saga_id.to_string() };
-        let cursor = self.moves.find(filter).await.map_err(Error::database("find saga moves"))?;
-        let docs: Vec<MoveDoc> = cursor.try_collect().await.map_err(Error::database("find saga moves"))?;
-        docs.into_iter().map(MoveDoc::into_move).collect()
+    async fn find_move(&self, id: &str) -> Result<Option<StockMove>, Error> {
+        let found = self.moves.find_one(by_id(id)).await.map_err(Error::database("find stock move"))?;
+        found.map(MoveDoc::into_move).transpose()
+    }
+
+    async fn insert_moves(&self, moves: &[StockMove]) -> Result<(), Error> {
+        let docs: Vec<MoveDoc> = moves.iter().map(MoveDoc::from).collect();
+        insert_all(&self.moves, &docs, "insert stock moves").await
     }
 
     async fn reservation(&self, saga_id: Uuid) -> Result<Option<Reservation>, Error> {
@@ -188,13 +193,20 @@ impl StockStore for MongoStockStore {
         found.map(ReservationDoc::into_reservation).transpose()
     }
 
-    async fn put_reservation(&self, reservation: &Reservation) -> Result<(), Error> {
+    async fn insert_reservation(&self, reservation: &Reservation) -> Result<Inserted, Error> {
+        insert_once(&self.reservations, &ReservationDoc::from(reservation), "insert reservation").await
+    }
+
+    async fn replace_reservation(&self, reservation: &Reservation) -> Result<(), Error> {
         let document = ReservationDoc::from(reservation);
-        self.reservations
+        let result = self
+            .reservations
             .replace_one(by_id(&document.id), &document)
-            .upsert(true)
             .await
-            .map(|_| ())
-            .map_err(Error::database("write reservation"))
+            .map_err(Error::database("replace reservation"))?;
+        if result.matched_count == 0 {
+            return Err(Error::Raced { what: "reservation" });
+        }
+        Ok(())
     }
 }

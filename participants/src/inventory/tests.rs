@@ -1,5 +1,5 @@
 //! Unit tests of the inventory domain over the in-memory ledger. Every test ends by checking that the
-//! cache agrees with the ledger and that stock is conserved.
+//! cache agrees with the ledger and the open intents, and that stock is conserved.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,21 +36,67 @@ async fn inventory(stock: &[(&str, i64)]) -> Inventory<MemoryStockStore> {
     inventory
 }
 
+/// A new process over the same store: the cache is loaded from the database.
+async fn restart(inventory: Inventory<MemoryStockStore>) -> Inventory<MemoryStockStore> {
+    let store = inventory.into_store();
+    store.faults.heal();
+    Inventory::open(store, clock()).await.expect("open after the restart")
+}
+
 async fn available(inventory: &Inventory<MemoryStockStore>) -> BTreeMap<String, i64> {
     inventory.all_available().await.expect("available")
 }
 
-/// The cache agrees with the ledger, and every saga's release moves mirror reserve moves.
+/// What the database says is available: the ledger's sums, less the lines `reserving` intents hold
+/// without a move.
+fn expected_available(store: &MemoryStockStore) -> BTreeMap<String, i64> {
+    let moves = store.moves();
+    let mut sums = BTreeMap::new();
+    for m in &moves {
+        *sums.entry(m.sku.clone()).or_insert(0) += m.delta;
+    }
+    for intent in store.reservations().iter().filter(|r| r.status == ReservationStatus::Reserving) {
+        for l in &intent.lines {
+            if !moves.iter().any(|m| m.id == StockMove::id(intent.saga_id, &l.sku, MoveKind::Reserve)) {
+                *sums.entry(l.sku.clone()).or_insert(0) -= i64::from(l.quantity);
+            }
+        }
+    }
+    sums
+}
+
+/// The cache agrees with the database; every saga's moves match its record's lines; every release move
+/// mirrors a reserve move; no SKU is oversold.
 async fn assert_consistent(inventory: &Inventory<MemoryStockStore>) {
-    let ledger = inventory.store().available(None).await.expect("ledger");
-    assert_eq!(available(inventory).await, ledger, "cache and ledger disagree");
-    let moves = inventory.store().moves();
+    let store = inventory.store();
+    let cached = available(inventory).await;
+    assert_eq!(cached, expected_available(store), "cache and database disagree");
+    assert!(cached.values().all(|n| *n >= 0), "oversold: {cached:?}");
+    let moves = store.moves();
+    let find = |id: String| moves.iter().find(|m| m.id == id);
     for release in moves.iter().filter(|m| m.kind == MoveKind::Release) {
-        let reserve = moves
-            .iter()
-            .find(|m| m.kind == MoveKind::Reserve && m.saga_id == release.saga_id && m.sku == release.sku)
-            .expect("a release mirrors a reserve");
+        let saga_id = release.saga_id.expect("a saga's move");
+        let reserve =
+            find(StockMove::id(saga_id, &release.sku, MoveKind::Reserve)).expect("a release mirrors a reserve");
         assert_eq!(release.delta, -reserve.delta, "a release gives back exactly what was taken");
+    }
+    let records = store.reservations();
+    for m in moves.iter().filter(|m| m.kind == MoveKind::Reserve) {
+        let record = records.iter().find(|r| Some(r.saga_id) == m.saga_id).expect("every move has its record");
+        let line = record.lines.iter().find(|l| l.sku == m.sku).expect("every move is one of its record's lines");
+        assert_eq!(m.delta, -i64::from(line.quantity));
+    }
+    for record in &records {
+        let moved =
+            |kind| record.lines.iter().filter(move |l| find(StockMove::id(record.saga_id, &l.sku, kind)).is_some());
+        match record.status {
+            ReservationStatus::Reserved => assert_eq!(moved(MoveKind::Reserve).count(), record.lines.len()),
+            ReservationStatus::Refused => assert_eq!(moved(MoveKind::Reserve).count(), 0),
+            ReservationStatus::Released => {
+                assert_eq!(moved(MoveKind::Reserve).count(), moved(MoveKind::Release).count(), "fully released");
+            }
+            ReservationStatus::Reserving => {}
+        }
     }
 }
 
@@ -63,6 +109,10 @@ fn business(reply: &Reply) -> &str {
         Reply::Failed { kind: FailureKind::Business, reason } => reason,
         other => panic!("expected a business failure, got {other:?}"),
     }
+}
+
+fn saga_moves(inventory: &Inventory<MemoryStockStore>, saga_id: Uuid) -> Vec<StockMove> {
+    inventory.store().moves().into_iter().filter(|m| m.saga_id == Some(saga_id)).collect()
 }
 
 #[tokio::test]
@@ -83,7 +133,7 @@ async fn a_reserve_short_on_one_line_takes_nothing() {
     assert_eq!(business(&handled.reply), "not enough stock for SKU-B");
     assert!(!handled.duplicate);
     assert_eq!(available(&inv).await, stock(&[("SKU-A", 10), ("SKU-B", 1)]));
-    assert!(inv.store().saga_moves(saga(1)).await.expect("moves").is_empty(), "a refusal writes no move");
+    assert!(saga_moves(&inv, saga(1)).is_empty(), "a refusal writes no move");
     // An unknown SKU has no stock at all.
     let unknown = inv.reserve(saga(2), &[line("SKU-Z", 1)]).await.expect("reserve");
     assert_eq!(business(&unknown.reply), "not enough stock for SKU-Z");
@@ -144,38 +194,156 @@ async fn a_reserve_after_the_release_is_refused_and_takes_nothing() {
     assert_consistent(&inv).await;
 }
 
-#[tokio::test]
-async fn a_reserve_interrupted_half_way_is_completed_on_redelivery() {
-    // A previous process wrote the first of two reserve moves and was killed.
-    let store = MemoryStockStore::new();
-    let at = clock().now();
-    for (sku, n) in [("SKU-A", 10), ("SKU-B", 10)] {
-        store.insert_move(&StockMove::restock(sku, sku, n, at)).await.expect("restock");
-    }
-    store.insert_move(&StockMove::reserve(saga(1), "SKU-A", 4, at)).await.expect("half");
-    let inv = Inventory::open(store, clock()).await.expect("open after the crash");
-    assert_eq!(available(&inv).await, stock(&[("SKU-A", 6), ("SKU-B", 10)]), "the cache loads the ledger");
+/// The stock of the crash tests, and the reserve whose writes they cut.
+const STOCK: [(&str, i64); 3] = [("SKU-A", 10), ("SKU-B", 10), ("SKU-C", 10)];
 
-    let handled = inv.reserve(saga(1), &[line("SKU-A", 4), line("SKU-B", 2)]).await.expect("redelivered");
-    assert_eq!(handled.reply, Reply::ok());
-    assert_eq!(available(&inv).await, stock(&[("SKU-A", 6), ("SKU-B", 8)]), "SKU-A taken once, SKU-B now");
-    assert_consistent(&inv).await;
+fn order() -> [Line; 3] {
+    [line("SKU-A", 4), line("SKU-B", 10), line("SKU-C", 1)]
+}
+
+/// The stock once `order()` is reserved.
+fn after_order() -> BTreeMap<String, i64> {
+    stock(&[("SKU-A", 6), ("SKU-B", 0), ("SKU-C", 9)])
+}
+
+/// A reserve of `order()` for saga 1 killed after `writes` of its writes (the intent, three moves in one
+/// batch, the mark), then, if `restarted`, a new process over the same store.
+async fn reserve_cut_after(writes: u32, restarted: bool) -> Inventory<MemoryStockStore> {
+    let inv = inventory(&STOCK).await;
+    inv.store().faults.fail_after_writes(writes);
+    assert!(inv.reserve(saga(1), &order()).await.is_err(), "the reserve is cut after {writes} writes");
+    inv.store().faults.heal();
+    if restarted { restart(inv).await } else { inv }
+}
+
+/// The crash points of a reserve: nothing written, the intent alone, the intent and some moves, every move
+/// but no mark.
+const RESERVE_CUTS: [(u32, &str); 5] = [
+    (0, "before the intent"),
+    (1, "after the intent, before any move"),
+    (2, "after the intent and one move"),
+    (3, "after the intent and two moves"),
+    (4, "after every move, before the mark"),
+];
+
+#[tokio::test]
+async fn an_interrupted_reserve_holds_its_lines_until_it_is_completed_exactly_once() {
+    for (writes, cut) in RESERVE_CUTS {
+        for restarted in [false, true] {
+            let case = format!("cut {cut}, restarted: {restarted}");
+            let inv = reserve_cut_after(writes, restarted).await;
+            let expected = if writes == 0 { stock(&STOCK) } else { after_order() };
+            assert_eq!(available(&inv).await, expected, "{case}: the decided lines are held");
+            assert_consistent(&inv).await;
+
+            // No other saga can take what the interrupted reserve will still write.
+            let other = inv.reserve(saga(2), &[line("SKU-B", 1)]).await.expect("another saga");
+            if writes > 0 {
+                assert_eq!(business(&other.reply), "not enough stock for SKU-B", "{case}");
+            }
+            inv.release(saga(2)).await.expect("release the other saga");
+
+            let redelivered = inv.reserve(saga(1), &order()).await.expect("redelivered");
+            assert_eq!(redelivered, Handled::applied(Reply::ok()), "{case}");
+            assert_eq!(inv.reserve(saga(1), &order()).await.expect("again"), Handled::repeated(Reply::ok()), "{case}");
+            assert_eq!(available(&inv).await, after_order(), "{case}: taken once");
+            assert_eq!(saga_moves(&inv, saga(1)).len(), 3, "{case}: one move per line");
+            assert_consistent(&inv).await;
+
+            assert_eq!(inv.release(saga(1)).await.expect("release"), Handled::applied(Reply::ok()), "{case}");
+            assert_eq!(available(&inv).await, stock(&STOCK), "{case}: given back exactly");
+            assert_consistent(&inv).await;
+        }
+    }
 }
 
 #[tokio::test]
-async fn a_release_after_a_half_applied_reserve_gives_back_what_was_taken_and_refuses_the_rest() {
-    let store = MemoryStockStore::new();
-    let at = clock().now();
-    store.insert_move(&StockMove::restock("a", "SKU-A", 10, at)).await.expect("restock");
-    store.insert_move(&StockMove::restock("b", "SKU-B", 10, at)).await.expect("restock");
-    store.insert_move(&StockMove::reserve(saga(1), "SKU-A", 4, at)).await.expect("half");
-    let inv = Inventory::open(store, clock()).await.expect("open");
+async fn a_release_after_an_interrupted_reserve_gives_back_exactly_what_was_taken_and_refuses_the_reserve() {
+    for (writes, cut) in RESERVE_CUTS {
+        for restarted in [false, true] {
+            let case = format!("cut {cut}, restarted: {restarted}");
+            let inv = reserve_cut_after(writes, restarted).await;
+            assert_eq!(inv.release(saga(1)).await.expect("release"), Handled::applied(Reply::ok()), "{case}");
+            assert_eq!(available(&inv).await, stock(&STOCK), "{case}: stock restored exactly");
+            assert_consistent(&inv).await;
 
-    assert_eq!(inv.release(saga(1)).await.expect("release").reply, Reply::ok());
-    assert_eq!(available(&inv).await, stock(&[("SKU-A", 10), ("SKU-B", 10)]));
-    let late = inv.reserve(saga(1), &[line("SKU-A", 4), line("SKU-B", 2)]).await.expect("late");
-    assert_eq!(business(&late.reply), RELEASED_BEFORE_RESERVE);
-    assert_eq!(available(&inv).await, stock(&[("SKU-A", 10), ("SKU-B", 10)]));
+            let late = inv.reserve(saga(1), &order()).await.expect("late reserve");
+            assert_eq!(business(&late.reply), RELEASED_BEFORE_RESERVE, "{case}");
+            assert!(late.duplicate, "{case}: the record answers");
+            assert_eq!(inv.release(saga(1)).await.expect("again"), Handled::repeated(Reply::ok()), "{case}");
+            assert_eq!(available(&inv).await, stock(&STOCK), "{case}: nothing taken late");
+            let after = restart(inv).await;
+            assert_eq!(available(&after).await, stock(&STOCK), "{case}: and after a restart");
+            assert_consistent(&after).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_release_is_completed_exactly_once_whatever_comes_next() {
+    // A reserved saga's release: three release moves in one batch, then the mark.
+    for writes in 0..4 {
+        for (restarted, reserve_first) in [(false, false), (true, false), (false, true), (true, true)] {
+            let case =
+                format!("release cut after {writes} writes, restarted: {restarted}, reserve first: {reserve_first}");
+            let mut inv = inventory(&STOCK).await;
+            inv.reserve(saga(1), &order()).await.expect("reserve");
+            inv.store().faults.fail_after_writes(writes);
+            assert!(inv.release(saga(1)).await.is_err(), "{case}");
+            inv.store().faults.heal();
+            if restarted {
+                inv = restart(inv).await;
+            }
+            assert_consistent(&inv).await;
+            if reserve_first {
+                // The record still says reserved: a redelivered reserve answers what it answered.
+                assert_eq!(inv.reserve(saga(1), &order()).await.expect("reserve"), Handled::repeated(Reply::ok()));
+            }
+            assert_eq!(inv.release(saga(1)).await.expect("retried"), Handled::applied(Reply::ok()), "{case}");
+            assert_eq!(inv.release(saga(1)).await.expect("again"), Handled::repeated(Reply::ok()), "{case}");
+            assert_eq!(available(&inv).await, stock(&STOCK), "{case}: given back exactly once");
+            assert_consistent(&inv).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reserve_after_an_interrupted_release_of_an_interrupted_reserve_is_refused_and_finishes_the_release() {
+    for restarted in [false, true] {
+        // The reserve wrote its intent and two of three moves; the release then wrote one release move.
+        let mut inv = reserve_cut_after(3, restarted).await;
+        inv.store().faults.fail_after_writes(1);
+        assert!(inv.release(saga(1)).await.is_err());
+        inv.store().faults.heal();
+        if restarted {
+            inv = restart(inv).await;
+        }
+        assert_consistent(&inv).await;
+
+        let late = inv.reserve(saga(1), &order()).await.expect("a redelivered reserve");
+        assert_eq!(business(&late.reply), RELEASED_BEFORE_RESERVE, "the release had begun");
+        assert_eq!(available(&inv).await, stock(&STOCK), "the reserve finished the release");
+        assert_eq!(inv.release(saga(1)).await.expect("release retried"), Handled::repeated(Reply::ok()));
+        assert_eq!(available(&inv).await, stock(&STOCK));
+        assert_consistent(&inv).await;
+    }
+}
+
+#[tokio::test]
+async fn the_hot_path_never_scans_the_store() {
+    let inv = inventory(&STOCK).await;
+    assert_eq!(inv.store().scans(), 2, "the ledger and the intents, once at start-up");
+    inv.reserve(saga(1), &order()).await.expect("reserve");
+    inv.reserve(saga(1), &order()).await.expect("redelivered");
+    inv.reserve(saga(2), &[line("SKU-B", 1)]).await.expect("refused");
+    inv.release(saga(1)).await.expect("release");
+    inv.release(saga(3)).await.expect("tombstone");
+    inv.store().faults.fail_after_writes(2);
+    assert!(inv.reserve(saga(4), &order()).await.is_err());
+    inv.store().faults.heal();
+    inv.reserve(saga(4), &order()).await.expect("completed");
+    inv.set_available("SKU-D", 5).await.expect("restock");
+    assert_eq!(inv.store().scans(), 2, "commands, failures and restocks read by id only");
     assert_consistent(&inv).await;
 }
 
@@ -227,20 +395,21 @@ async fn seeding_sets_every_sku_and_is_idempotent() {
     assert_eq!(inv.store().moves().len(), 3);
 }
 
-/// A deterministic mix of reserves, releases, redeliveries and failed writes over a few SKUs: stock is
-/// conserved at every step (available = initial - what the sagas still hold).
+/// A deterministic mix of reserves, releases, redeliveries, failed writes and restarts over a few SKUs:
+/// the cache agrees with the database at every step, and once every saga is released all the stock is
+/// back.
 #[tokio::test]
-async fn stock_is_conserved_through_a_deterministic_mix_of_commands_and_faults() {
-    let inv = inventory(&[("SKU-1", 30), ("SKU-2", 30), ("SKU-3", 30)]).await;
+async fn stock_is_conserved_through_a_deterministic_mix_of_commands_faults_and_restarts() {
+    let mut inv = inventory(&[("SKU-1", 30), ("SKU-2", 30), ("SKU-3", 30)]).await;
     let mut seed: u64 = 42;
     let mut next = |n: u64| {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % n
     };
-    for step in 0..400_u32 {
+    for step in 0..600_u32 {
         let s = saga(u128::from(next(40)));
-        if next(10) == 0 {
-            inv.store().faults.fail_after_writes(u32::try_from(next(2)).expect("small"));
+        if next(8) == 0 {
+            inv.store().faults.fail_after_writes(u32::try_from(next(5)).expect("small"));
         }
         let quantity = |n: u64| u32::try_from(n + 1).expect("small");
         let result = if next(3) == 0 {
@@ -251,6 +420,9 @@ async fn stock_is_conserved_through_a_deterministic_mix_of_commands_and_faults()
         };
         if result.is_err() {
             inv.store().faults.heal();
+            if next(2) == 0 {
+                inv = restart(inv).await;
+            }
         }
         if step % 20 == 0 {
             assert_consistent(&inv).await;
@@ -258,10 +430,11 @@ async fn stock_is_conserved_through_a_deterministic_mix_of_commands_and_faults()
     }
     inv.store().faults.heal();
     assert_consistent(&inv).await;
-    let held: i64 = inv.store().moves().iter().filter(|m| m.kind != MoveKind::Restock).map(|m| m.delta).sum();
-    let total: i64 = available(&inv).await.values().sum();
-    assert_eq!(total - held, 90, "available plus held equals what was stocked");
-    assert!(available(&inv).await.values().all(|n| *n >= 0), "never oversold");
+    for n in 0..40 {
+        inv.release(saga(n)).await.expect("release");
+    }
+    assert_eq!(available(&inv).await, stock(&[("SKU-1", 30), ("SKU-2", 30), ("SKU-3", 30)]), "all stock is back");
+    assert_consistent(&inv).await;
 }
 
 fn meta(saga_id: Uuid) -> Meta {

@@ -59,16 +59,16 @@ impl PaymentStore for MemoryPaymentStore {
         }))
     }
 
-    async fn mark_refunded(&self, saga_id: Uuid, refunded_cents: i64, at: DateTime<Utc>) -> Result<bool, Error> {
+    async fn set_refunded(&self, saga_id: Uuid, refunded_cents: i64, at: DateTime<Utc>) -> Result<(), Error> {
         self.faults.write()?;
-        Ok(self.with(|p| match p.get_mut(&saga_id) {
-            Some(payment) if payment.status == PaymentStatus::Captured => {
+        self.with(|p| match p.get_mut(&saga_id) {
+            Some(payment) => {
                 payment.status = PaymentStatus::Refunded;
                 payment.refunded_cents = refunded_cents;
                 payment.updated_at = at;
-                true
+                Ok(())
             }
-            _ => false,
-        }))
+            None => Err(Error::Raced { what: "payment" }),
+        })
     }
 }

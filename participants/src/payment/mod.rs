@@ -1,15 +1,20 @@
 //! The payment participant: one charge per saga, refunded exactly once.
 //!
-//! **Charge.** A recorded payment for the saga answers with its saved reply (a redelivered charge, or a late
-//! charge after a refund tombstone). Otherwise the token `tok_decline`, or an amount above the limit
-//! (`PAYMENT_LIMIT_CENTS`), is declined with `payment declined`; anything else is captured, with the payment
-//! id as the reply's reference. The outcome is recorded in one insert keyed by the saga id, so at most one
-//! charge per saga can ever exist.
+//! **Charge.** The token `tok_decline`, or an amount above the limit (`PAYMENT_LIMIT_CENTS`), is declined
+//! with `payment declined`; anything else is captured, with the payment id as the reply's reference. The
+//! outcome is recorded in one insert keyed by the saga id, so at most one charge per saga can ever exist.
+//! The insert comes first, without a read: a duplicate key means the saga has a record already (a
+//! redelivered charge, or a late charge after a refund tombstone), which is then read and its saved reply
+//! answered. A first charge is thus one insert, which FerretDB serves from the `_id` index, whereas a read
+//! of a missing `_id` scans the collection there.
 //!
-//! **Refund.** A captured payment moves to refunded in one conditional single-document update
-//! (captured -> refunded), so it is refunded once however often the refund is repeated. A declined
-//! payment needs nothing. With no payment at all, a `cancelled` tombstone is recorded so that a charge
-//! arriving late (redelivered after the compensation) is refused instead of taking money.
+//! **Refund.** The payment is read by `_id`; if it is captured, it is set to refunded by an update filtered
+//! by `_id` alone, so it is refunded once however often the refund is repeated (a refunded payment is not
+//! captured any more). The status check is in code, not in the update's filter, because FerretDB would
+//! scan the whole collection for `{_id, status}` (see the
+//! [database access rule](crate::store#database-access-rule)). A declined payment needs nothing. With no
+//! payment at all, a `cancelled` tombstone is recorded so that a charge arriving late (redelivered after
+//! the compensation) is refused instead of taking money.
 //!
 //! The payment id is derived from the saga id (`pay_<saga id, hex>`): the same on every replay, which keeps
 //! the domain deterministic.
@@ -101,9 +106,6 @@ impl<S: PaymentStore> Payments<S> {
 
     /// Charges `charge` for saga `saga_id`, once.
     pub async fn charge(&self, saga_id: Uuid, charge: &ChargePayment) -> Result<Handled, Error> {
-        if let Some(recorded) = self.store.get(saga_id).await? {
-            return Ok(Handled::repeated(recorded.reply));
-        }
         let payment = self.decide(saga_id, charge);
         self.insert_or_recorded(&payment).await
     }
@@ -131,8 +133,8 @@ impl<S: PaymentStore> Payments<S> {
         }
     }
 
-    /// Inserts `payment`; if one was recorded meanwhile (an earlier attempt whose answer was lost), that
-    /// one's reply wins.
+    /// Inserts `payment`; if the saga has a record already (an earlier charge, a tombstone), that one's reply
+    /// wins.
     async fn insert_or_recorded(&self, payment: &Payment) -> Result<Handled, Error> {
         match self.store.insert(payment).await? {
             Inserted::New => Ok(Handled::applied(payment.reply.clone())),
@@ -147,17 +149,22 @@ impl<S: PaymentStore> Payments<S> {
     pub async fn refund(&self, saga_id: Uuid) -> Result<Handled, Error> {
         let now = self.clock.now();
         let Some(payment) = self.store.get(saga_id).await? else {
-            self.store.insert(&tombstone(saga_id, now)).await?;
+            if self.store.insert(&tombstone(saga_id, now)).await? == Inserted::Existed {
+                return Err(Error::Raced { what: "payment" });
+            }
             return Ok(Handled::applied(Reply::ok()));
         };
         let reply = Reply::Succeeded { reference: payment.payment_id.clone() };
         match payment.status {
-            PaymentStatus::Captured if self.store.mark_refunded(saga_id, payment.amount_cents, now).await? => {
+            PaymentStatus::Captured => {
+                // Checked here rather than in the update's filter: this process is the payments' single
+                // writer and handles one command at a time, so the payment read above is still captured.
+                self.store.set_refunded(saga_id, payment.amount_cents, now).await?;
                 tracing::info!(refunded_cents = payment.amount_cents, "refunded");
                 Ok(Handled::applied(reply))
             }
             PaymentStatus::Declined => Ok(Handled::applied(reply)),
-            _ => Ok(Handled::repeated(reply)),
+            PaymentStatus::Refunded | PaymentStatus::Cancelled => Ok(Handled::repeated(reply)),
         }
     }
 }

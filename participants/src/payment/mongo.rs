@@ -1,10 +1,11 @@
 //! The MongoDB [`PaymentStore`]. Collection `payments`: `{_id: saga id, payment_id, amount_cents (int64),
 //! currency, customer_ref, status (captured|declined|refunded|cancelled), reply, refunded_cents (int64),
-//! created_at, updated_at}`, indexed by `status`.
+//! created_at, updated_at}`. Read and written by `_id` only (see the
+//! [database access rule](crate::store#database-access-rule)); no secondary index.
 
 use bson::DateTime as BsonDateTime;
 use chrono::{DateTime, Utc};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use mongodb::{Collection, Database};
 use proto_events::Reply;
 use proto_events::commands::Currency;
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::store::{Payment, PaymentStatus, PaymentStore};
-use crate::store::{Error, Inserted, by_id, ensure_index, insert_once};
+use crate::store::{Error, Inserted, by_id, insert_once};
 
 const PAYMENTS: &str = "payments";
 
@@ -20,13 +21,12 @@ const PAYMENTS: &str = "payments";
 #[derive(Debug, Clone)]
 pub struct MongoPaymentStore {
     payments: Collection<PaymentDoc>,
-    db: Database,
 }
 
 impl MongoPaymentStore {
     /// The store in `db`.
     pub fn new(db: &Database) -> Self {
-        Self { payments: db.collection(PAYMENTS), db: db.clone() }
+        Self { payments: db.collection(PAYMENTS) }
     }
 }
 
@@ -83,7 +83,7 @@ impl PaymentDoc {
 
 impl PaymentStore for MongoPaymentStore {
     async fn ensure_indexes(&self) -> Result<(), Error> {
-        ensure_index(&self.db.collection::<Document>(PAYMENTS), doc! { "status": 1 }, "status").await
+        Ok(())
     }
 
     async fn get(&self, saga_id: Uuid) -> Result<Option<Payment>, Error> {
@@ -96,14 +96,17 @@ impl PaymentStore for MongoPaymentStore {
         insert_once(&self.payments, &PaymentDoc::from(payment), "insert payment").await
     }
 
-    async fn mark_refunded(&self, saga_id: Uuid, refunded_cents: i64, at: DateTime<Utc>) -> Result<bool, Error> {
-        let filter = doc! { "_id": saga_id.to_string(), "status": PaymentStatus::Captured.as_str() };
+    async fn set_refunded(&self, saga_id: Uuid, refunded_cents: i64, at: DateTime<Utc>) -> Result<(), Error> {
         let update = doc! { "$set": {
             "status": PaymentStatus::Refunded.as_str(),
             "refunded_cents": refunded_cents,
             "updated_at": BsonDateTime::from_chrono(at),
         } };
-        let result = self.payments.update_one(filter, update).await.map_err(Error::database("refund payment"))?;
-        Ok(result.modified_count == 1)
+        let result = (self.payments.update_one(by_id(&saga_id.to_string()), update).await)
+            .map_err(Error::database("refund payment"))?;
+        if result.matched_count == 0 {
+            return Err(Error::Raced { what: "payment" });
+        }
+        Ok(())
     }
 }

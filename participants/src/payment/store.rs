@@ -62,9 +62,10 @@ pub struct Payment {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The payment database. As for every store here, the service is its only writer.
+/// The payment database. As for every store here, the service is its only writer, and every operation
+/// follows the [database access rule](crate::store#database-access-rule).
 pub trait PaymentStore: Send + Sync + 'static {
-    /// Creates the indexes the queries need (idempotent).
+    /// Prepares the collection (idempotent). Creates no secondary index: nothing queries by one.
     fn ensure_indexes(&self) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The payment of `saga_id`.
@@ -73,12 +74,13 @@ pub trait PaymentStore: Send + Sync + 'static {
     /// Records `payment` unless its saga has one.
     fn insert(&self, payment: &Payment) -> impl Future<Output = Result<Inserted, Error>> + Send;
 
-    /// Moves the saga's payment from captured to refunded, recording `refunded_cents`, in one conditional
-    /// single-document update. False when it was not captured (already refunded, say).
-    fn mark_refunded(
+    /// Sets the saga's payment to refunded, recording `refunded_cents`: an update by `_id` alone, with no
+    /// condition on the status (the caller read the payment and checked that it is captured). Fails with
+    /// [`Error::Raced`] if the saga has no payment.
+    fn set_refunded(
         &self,
         saga_id: Uuid,
         refunded_cents: i64,
         at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 }

@@ -92,6 +92,18 @@ async fn a_refund_reverses_a_capture_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_repeated_refund_reads_the_payment_and_writes_nothing() {
+    let p = payments(1_000_000).await;
+    p.charge(saga(1), &charge(4_200, "tok_visa")).await.expect("charge");
+    p.refund(saga(1)).await.expect("refund");
+    // Every write fails from here on: the repeated refund must decide from the status it read.
+    p.store().faults.fail_after_writes(0);
+    assert!(p.refund(saga(1)).await.expect("repeated without a write").duplicate);
+    let payment = p.payment(saga(1)).await.expect("read").expect("recorded");
+    assert_eq!((payment.status, payment.refunded_cents), (PaymentStatus::Refunded, 4_200));
+}
+
+#[tokio::test]
 async fn a_refund_of_a_declined_charge_is_a_no_op() {
     let p = payments(1_000_000).await;
     p.charge(saga(1), &charge(100, DECLINE_TOKEN)).await.expect("charge");

@@ -59,15 +59,15 @@ impl ShipmentStore for MemoryShipmentStore {
         }))
     }
 
-    async fn mark_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> Result<bool, Error> {
+    async fn set_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> Result<(), Error> {
         self.faults.write()?;
-        Ok(self.with(|s| match s.get_mut(&saga_id) {
-            Some(shipment) if shipment.status == ShipmentStatus::Created => {
+        self.with(|s| match s.get_mut(&saga_id) {
+            Some(shipment) => {
                 shipment.status = ShipmentStatus::Cancelled;
                 shipment.updated_at = at;
-                true
+                Ok(())
             }
-            _ => false,
-        }))
+            None => Err(Error::Raced { what: "shipment" }),
+        })
     }
 }

@@ -1,10 +1,14 @@
 //! The shipping participant: one shipment per saga, to the countries served, cancelled at most once.
 //!
-//! **Create.** A recorded shipment for the saga answers with its saved reply. Otherwise a destination
-//! outside `SHIPPING_COUNTRIES` is refused (`country XX is not served`, recorded without the address);
-//! else the shipment is recorded (items, country, address) with `shp_<saga id, hex>` as its id and the
-//! reply's reference. **Cancel.** created -> cancelled in one conditional update; with no shipment, a
-//! `cancelled` tombstone is recorded so that a late create is refused.
+//! **Create.** A destination outside `SHIPPING_COUNTRIES` is refused (`country XX is not served`, recorded
+//! without the address); else the shipment is recorded (items, country, address) with `shp_<saga id, hex>`
+//! as its id and the reply's reference. The record is inserted first, without a read: a duplicate key
+//! means the saga has one already (a redelivered create, or a tombstone), which is then read and its saved
+//! reply answered. A first create is thus one insert (see [`crate::payment`] for why that matters on
+//! FerretDB). **Cancel.** The shipment is read by `_id`; if it is created, it is set to cancelled by
+//! an update filtered by `_id` alone (the status is checked in code: see the
+//! [database access rule](crate::store#database-access-rule)); with no shipment, a `cancelled` tombstone
+//! is recorded so that a late create is refused.
 //!
 //! The address is personal data: only this service holds it, it is never logged, and the HTTP API does not
 //! show it.
@@ -105,9 +109,6 @@ impl<S: ShipmentStore> Shipping<S> {
 
     /// Creates the shipment of saga `saga_id`, once.
     pub async fn create(&self, saga_id: Uuid, create: &CreateShipment) -> Result<Handled, Error> {
-        if let Some(recorded) = self.store.get(saga_id).await? {
-            return Ok(Handled::repeated(recorded.reply));
-        }
         let shipment = self.decide(saga_id, create, self.clock.now());
         match self.store.insert(&shipment).await? {
             Inserted::New => Ok(Handled::applied(shipment.reply)),
@@ -145,14 +146,21 @@ impl<S: ShipmentStore> Shipping<S> {
     pub async fn cancel(&self, saga_id: Uuid) -> Result<Handled, Error> {
         let now = self.clock.now();
         let Some(shipment) = self.store.get(saga_id).await? else {
-            self.store.insert(&tombstone(saga_id, now)).await?;
+            if self.store.insert(&tombstone(saga_id, now)).await? == Inserted::Existed {
+                return Err(Error::Raced { what: "shipment" });
+            }
             return Ok(Handled::applied(Reply::ok()));
         };
         let reply = Reply::Succeeded { reference: shipment.shipment_id.clone() };
         match shipment.status {
-            ShipmentStatus::Created if self.store.mark_cancelled(saga_id, now).await? => Ok(Handled::applied(reply)),
+            ShipmentStatus::Created => {
+                // Checked here rather than in the update's filter: this process is the shipments' single
+                // writer and handles one command at a time, so the shipment read above is still created.
+                self.store.set_cancelled(saga_id, now).await?;
+                Ok(Handled::applied(reply))
+            }
             ShipmentStatus::Rejected => Ok(Handled::applied(reply)),
-            _ => Ok(Handled::repeated(reply)),
+            ShipmentStatus::Cancelled => Ok(Handled::repeated(reply)),
         }
     }
 }

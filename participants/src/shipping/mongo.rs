@@ -1,17 +1,18 @@
 //! The MongoDB [`ShipmentStore`]. Collection `shipments`: `{_id: saga id, shipment_id, status
 //! (created|cancelled|rejected), items: [{sku, quantity}], country, address (created shipments only),
-//! reply, created_at, updated_at}`, indexed by `status`.
+//! reply, created_at, updated_at}`. Read and written by `_id` only (see the
+//! [database access rule](crate::store#database-access-rule)); no secondary index.
 
 use bson::DateTime as BsonDateTime;
 use chrono::{DateTime, Utc};
-use mongodb::bson::{Document, doc};
+use mongodb::bson::doc;
 use mongodb::{Collection, Database};
 use proto_events::{Address, Line, Reply};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::store::{Shipment, ShipmentStatus, ShipmentStore};
-use crate::store::{Error, Inserted, by_id, ensure_index, insert_once};
+use crate::store::{Error, Inserted, by_id, insert_once};
 
 const SHIPMENTS: &str = "shipments";
 
@@ -98,7 +99,7 @@ impl ShipmentDoc {
 
 impl ShipmentStore for MongoShipmentStore {
     async fn ensure_indexes(&self) -> Result<(), Error> {
-        ensure_index(&self.db.collection::<Document>(SHIPMENTS), doc! { "status": 1 }, "status").await
+        Ok(())
     }
 
     async fn get(&self, saga_id: Uuid) -> Result<Option<Shipment>, Error> {
@@ -111,13 +112,16 @@ impl ShipmentStore for MongoShipmentStore {
         insert_once(&self.shipments, &ShipmentDoc::from(shipment), "insert shipment").await
     }
 
-    async fn mark_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> Result<bool, Error> {
-        let filter = doc! { "_id": saga_id.to_string(), "status": ShipmentStatus::Created.as_str() };
+    async fn set_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> Result<(), Error> {
         let update = doc! { "$set": {
             "status": ShipmentStatus::Cancelled.as_str(),
             "updated_at": BsonDateTime::from_chrono(at),
         } };
-        let result = self.shipments.update_one(filter, update).await.map_err(Error::database("cancel shipment"))?;
-        Ok(result.modified_count == 1)
+        let result = (self.shipments.update_one(by_id(&saga_id.to_string()), update).await)
+            .map_err(Error::database("cancel shipment"))?;
+        if result.matched_count == 0 {
+            return Err(Error::Raced { what: "shipment" });
+        }
+        Ok(())
     }
 }

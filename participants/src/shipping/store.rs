@@ -71,9 +71,10 @@ impl std::fmt::Debug for Shipment {
     }
 }
 
-/// The shipping database. The service is its only writer.
+/// The shipping database. The service is its only writer, and every operation follows the
+/// [database access rule](crate::store#database-access-rule).
 pub trait ShipmentStore: Send + Sync + 'static {
-    /// Creates the indexes the queries need (idempotent).
+    /// Prepares the collection (idempotent). Creates no secondary index: nothing queries by one.
     fn ensure_indexes(&self) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// The shipment of `saga_id`.
@@ -82,7 +83,8 @@ pub trait ShipmentStore: Send + Sync + 'static {
     /// Records `shipment` unless its saga has one.
     fn insert(&self, shipment: &Shipment) -> impl Future<Output = Result<Inserted, Error>> + Send;
 
-    /// Moves the saga's shipment from created to cancelled in one conditional single-document update.
-    /// False when it was not created (already cancelled, say).
-    fn mark_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Sets the saga's shipment to cancelled: an update by `_id` alone, with no condition on the status (the
+    /// caller read the shipment and checked that it is created). Fails with [`Error::Raced`] if the saga
+    /// has no shipment.
+    fn set_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> impl Future<Output = Result<(), Error>> + Send;
 }

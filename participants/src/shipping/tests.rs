@@ -77,6 +77,17 @@ async fn a_cancel_cancels_once() {
 }
 
 #[tokio::test]
+async fn a_repeated_cancel_reads_the_shipment_and_writes_nothing() {
+    let s = shipping().await;
+    s.create(saga(1), &create("FR")).await.expect("create");
+    s.cancel(saga(1)).await.expect("cancel");
+    // Every write fails from here on: the repeated cancel must decide from the status it read.
+    s.store().faults.fail_after_writes(0);
+    assert!(s.cancel(saga(1)).await.expect("repeated without a write").duplicate);
+    assert_eq!(status(&s, saga(1)).await, ShipmentStatus::Cancelled);
+}
+
+#[tokio::test]
 async fn a_cancel_before_the_create_leaves_a_tombstone_that_refuses_a_late_create() {
     let s = shipping().await;
     assert_eq!(s.cancel(saga(1)).await.expect("cancel"), Handled::applied(Reply::ok()));
