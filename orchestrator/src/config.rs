@@ -6,6 +6,7 @@ use platform::config;
 use platform::kafka::KafkaSettings;
 use platform::mongo::MongoSettings;
 
+use crate::auth::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWT_SECRET, KeySettings};
 use crate::timers::TimerSettings;
 
 /// The key used for customer references when none is configured; fine for development only.
@@ -28,6 +29,14 @@ pub struct Settings {
     pub timer: TimerSettings,
     /// `CUSTOMER_REF_KEY`: the secret behind customer references. Never logged.
     pub customer_ref_key: String,
+    /// `SAGA_ENV`: `development` (default) or `production`; production refuses the built-in secrets.
+    pub production: bool,
+    /// `JWT_PUBLIC_KEY_FILE` with `JWT_ALGORITHM` (`RS256` or `ES256`), else HS256 with `JWT_SECRET`.
+    pub jwt_keys: KeySettings,
+    /// `JWT_ISSUER`, default `saga-dev`.
+    pub jwt_issuer: String,
+    /// `JWT_AUDIENCE`, default `saga-api`.
+    pub jwt_audience: String,
 }
 
 impl Settings {
@@ -48,6 +57,10 @@ impl Settings {
                 refire_after: millis("SAGA_TIMER_REFIRE_MS", 5_000)?,
             },
             customer_ref_key: config::string("CUSTOMER_REF_KEY", DEV_CUSTOMER_REF_KEY),
+            production: production()?,
+            jwt_keys: jwt_keys()?,
+            jwt_issuer: config::string("JWT_ISSUER", DEV_ISSUER),
+            jwt_audience: config::string("JWT_AUDIENCE", DEV_AUDIENCE),
         };
         settings.validate()?;
         Ok(settings)
@@ -57,6 +70,39 @@ impl Settings {
         anyhow::ensure!(self.step_timeout >= Duration::from_millis(50), "SAGA_STEP_TIMEOUT_MS must be at least 50");
         anyhow::ensure!(self.timer.interval >= Duration::from_millis(10), "SAGA_TIMER_INTERVAL_MS must be at least 10");
         anyhow::ensure!(self.customer_ref_key.len() >= 16, "CUSTOMER_REF_KEY must be at least 16 characters");
+        if let KeySettings::Hs256 { secret } = &self.jwt_keys {
+            anyhow::ensure!(secret.len() >= 32, "JWT_SECRET must be at least 32 characters");
+            anyhow::ensure!(
+                !(self.production && secret == DEV_JWT_SECRET),
+                "SAGA_ENV=production with the built-in development JWT secret: set JWT_SECRET or JWT_PUBLIC_KEY_FILE"
+            );
+        }
+        anyhow::ensure!(
+            !(self.production && self.customer_ref_key == DEV_CUSTOMER_REF_KEY),
+            "SAGA_ENV=production with the built-in development CUSTOMER_REF_KEY: set CUSTOMER_REF_KEY"
+        );
         Ok(())
     }
+}
+
+fn production() -> anyhow::Result<bool> {
+    match config::string("SAGA_ENV", "development").as_str() {
+        "development" => Ok(false),
+        "production" => Ok(true),
+        other => anyhow::bail!("SAGA_ENV={other:?} is invalid: use development or production"),
+    }
+}
+
+fn jwt_keys() -> anyhow::Result<KeySettings> {
+    let Some(path) = config::optional("JWT_PUBLIC_KEY_FILE") else {
+        return Ok(KeySettings::Hs256 { secret: config::string("JWT_SECRET", DEV_JWT_SECRET) });
+    };
+    let algorithm = match config::string("JWT_ALGORITHM", "RS256").as_str() {
+        "RS256" => jsonwebtoken::Algorithm::RS256,
+        "ES256" => jsonwebtoken::Algorithm::ES256,
+        other => anyhow::bail!("JWT_ALGORITHM={other:?} is invalid with a public key: use RS256 or ES256"),
+    };
+    let pem =
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read JWT_PUBLIC_KEY_FILE={path:?}: {e}"))?;
+    Ok(KeySettings::PublicKey { algorithm, pem })
 }

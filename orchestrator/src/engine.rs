@@ -15,8 +15,11 @@ use chrono::{DateTime, Utc};
 use proto_events::commands::{
     CancelShipment, ChargePayment, CreateShipment, RefundPayment, ReleaseStock, ReserveStock,
 };
-use proto_events::{Body, Command, CommandKind, DecodeError, Line, Message, Meta, Reply, SagaTransitioned, topics};
-use saga_defs::{Action, Definition, SagaEvent, SagaState, apply};
+use proto_events::{
+    Body, Command, CommandKind, DecodeError, Line, Message, Meta, OperatorVerb, Reply, ResolvedAs, SagaTransitioned,
+    topics,
+};
+use saga_defs::{Action, Definition, OperatorAction, Resolution, SagaEvent, SagaState, apply};
 use uuid::Uuid;
 
 use crate::bus::Bus;
@@ -126,7 +129,10 @@ impl Engine {
         let saga = self.settle(saga, &event).await?;
         let definition = self.definition(&saga)?;
         let now = self.clock.now();
-        let (state, actions) = apply(&saga.state, &event, definition, now);
+        let (state, actions) = match stale_operator(message, &saga) {
+            Some(fence) => (saga.state.clone(), vec![Action::Ignore(fence)]),
+            None => apply(&saga.state, &event, definition, now),
+        };
         let next = self.next_record(&saga, state, &actions, message, origin, definition, now);
         self.store.replace(&next, saga.version).await?;
         self.deadlines.track(&next);
@@ -165,12 +171,18 @@ impl Engine {
             return Ok(());
         }
         let mut pii: Option<OrderPii> = None;
+        let mut log = saga.pending_log.clone();
         for entry in &saga.outbox {
             let (topic, message) = self.build(saga, entry, &mut pii).await?;
-            self.bus.publish(topic, &message).await?;
+            let delivered = self.bus.publish(topic, &message).await?;
             self.metrics.published.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc();
+            // The timeline says where each message landed.
+            for sent in log.iter_mut().flat_map(|e| e.sent.iter_mut()).filter(|s| s.message_id == entry.message_id) {
+                sent.partition = Some(delivered.partition);
+                sent.offset = Some(delivered.offset);
+            }
         }
-        self.store.append_log(&saga.pending_log).await?;
+        self.store.append_log(&log).await?;
         self.store.clear_pending(saga.id, saga.version).await?;
         Ok(())
     }
@@ -306,6 +318,7 @@ fn fence_name(fence: &saga_defs::Fenced) -> &'static str {
         saga_defs::Fenced::Stale(_) => "stale",
         saga_defs::Fenced::OutOfOrder(_) => "out_of_order",
         saga_defs::Fenced::Terminal(_) => "terminal",
+        saga_defs::Fenced::NotAllowed(_) => "not_allowed",
     }
 }
 
@@ -314,6 +327,18 @@ fn outcome(before: &SagaRecord, after: &SagaRecord, actions: &[Action]) -> Outco
         Some(reason) => Outcome::Ignored(reason),
         None => Outcome::Transitioned { from: before.state.phase.name(), to: after.state.phase.name() },
     }
+}
+
+/// An operator's action for a version of the saga that is gone: the operator decided on what they saw,
+/// which is no longer what is there.
+fn stale_operator(message: &Message, saga: &SagaRecord) -> Option<saga_defs::Fenced> {
+    let Body::Operator(command) = &message.body else { return None };
+    (command.expected_version != saga.version).then(|| {
+        saga_defs::Fenced::Stale(format!(
+            "operator {} acted on version {}, but the saga is at version {}",
+            command.operator, command.expected_version, saga.version
+        ))
+    })
 }
 
 /// The saga event a message stands for, if the orchestrator consumes it.
@@ -325,6 +350,17 @@ fn to_event(message: &Message) -> Option<SagaEvent> {
             Some(SagaEvent::Reply { step, attempt, command: *command, reply: reply.clone() })
         }
         Body::Timer(timer) => Some(SagaEvent::Timer { step, attempt, kind: timer.kind, due_at: timer.due_at }),
+        Body::Operator(command) => Some(SagaEvent::Operator {
+            action: match (command.action, command.outcome) {
+                (OperatorVerb::Retry, _) => OperatorAction::Retry,
+                (OperatorVerb::Compensate, _) => OperatorAction::Compensate,
+                (OperatorVerb::Resolve, Some(ResolvedAs::Completed)) => {
+                    OperatorAction::Resolve { outcome: Resolution::Completed }
+                }
+                (OperatorVerb::Resolve, _) => OperatorAction::Resolve { outcome: Resolution::Cancelled },
+            },
+            reason: format!("{} (by {})", command.reason, command.operator),
+        }),
         Body::Command(_) | Body::Transitioned(_) => None,
     }
 }
@@ -381,6 +417,14 @@ fn log_entry(
         Body::Reply { reply: Reply::Succeeded { .. }, .. } => Some("succeeded".to_owned()),
         Body::Reply { reply: Reply::Failed { kind, reason }, .. } => Some(format!("failed ({kind:?}): {reason}")),
         Body::Timer(timer) => Some(format!("{:?} due at {}", timer.kind, timer.due_at)),
+        Body::Operator(command) => Some(format!(
+            "{:?}{} by {} at version {}: {}",
+            command.action,
+            command.outcome.map(|o| format!(" as {o:?}")).unwrap_or_default(),
+            command.operator,
+            command.expected_version,
+            command.reason
+        )),
         _ => None,
     };
     let received = Received {
@@ -411,6 +455,8 @@ fn log_entry(
             },
             step: e.step,
             attempt: e.attempt,
+            partition: None,
+            offset: None,
         })
         .collect();
     let at = after.state.phase.step_attempt();

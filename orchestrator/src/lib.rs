@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub mod api;
+pub mod auth;
 pub mod bus;
 pub mod clock;
 pub mod config;
@@ -105,6 +106,10 @@ impl Application {
             customer_refs: CustomerRefs::new(settings.customer_ref_key.as_bytes()),
             metrics,
             reply_partitions,
+            authenticator: Arc::new(
+                auth::Authenticator::new(&settings.jwt_keys, &settings.jwt_issuer, &settings.jwt_audience)
+                    .context("the JWT key")?,
+            ),
         };
         let readiness = Readiness::new("orchestrator", Duration::from_secs(2))
             .with_kafka(publisher.producer().clone())

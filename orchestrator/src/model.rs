@@ -118,6 +118,12 @@ pub struct Sent {
     pub step: u16,
     /// The attempt it is about.
     pub attempt: u32,
+    /// The partition it landed in, once published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<i32>,
+    /// Its offset there, once published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<i64>,
 }
 
 /// What a timeline entry records.
@@ -203,7 +209,7 @@ pub struct SagaRecord {
 impl SagaRecord {
     /// The order status customers see.
     pub fn status(&self) -> OrderStatus {
-        self.state.phase.status()
+        self.state.status()
     }
 
     /// Whether the outbox or the timeline has entries not yet flushed.

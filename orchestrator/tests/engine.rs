@@ -705,7 +705,9 @@ async fn a_failed_publication_keeps_the_transition_and_recovery_publishes_exactl
     );
     assert_eq!(stored.pending_log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
     let pending: Vec<Uuid> = stored.outbox.iter().map(|e| e.message_id).collect();
-    assert_eq!(h.store.timeline(id).await.expect("timeline").len(), 1, "only the creation is in the log yet");
+    assert!(h.store.log_entry(id, 2).await.expect("log").is_none(), "the transition's entry is not in the log yet");
+    let shown: Vec<u64> = h.store.timeline(id).await.expect("timeline").iter().map(|e| e.seq).collect();
+    assert_eq!(shown, [1, 2], "the timeline shows the pending entry too");
 
     h.bus.fail(false);
     let others: Vec<i32> = (0..REPLY_PARTITIONS).filter(|p| *p != partition_of(id)).collect();

@@ -78,6 +78,8 @@ fn log_entry(saga_id: Uuid, seq: u64, note: &str) -> LogEntry {
             topic: "saga.cmd.inventory".into(),
             step: 0,
             attempt: 1,
+            partition: Some(4),
+            offset: Some(77),
         }],
         note: Some(note.into()),
     }
@@ -112,7 +114,14 @@ fn saga(partition: i32, phase: Phase, deadline: Option<Deadline>) -> SagaRecord 
         version: 3,
         definition: "order_fulfilment".into(),
         definition_version: 1,
-        state: SagaState { phase, deadline, reason: Some("step charge_payment failed: card declined".into()) },
+        state: SagaState {
+            phase,
+            deadline,
+            reason: Some("step charge_payment failed: card declined".into()),
+            parked_at: (phase == Phase::Failed).then_some(Phase::Compensating { step: 1, attempt: 20 }),
+            attempt_floor: 3,
+            resolution: None,
+        },
         partition,
         correlation_id,
         order: OrderSummary {
@@ -252,7 +261,7 @@ async fn replace_fences_stale_versions(store: &MongoStore) {
 
     let mut next = original.clone();
     next.version = 4;
-    next.state = SagaState { phase: Phase::Completed, deadline: None, reason: None };
+    next.state = SagaState { phase: Phase::Completed, deadline: None, reason: None, ..SagaState::new() };
     next.updated_at = secs(30);
     next.outbox.truncate(1);
     store.replace(&next, 3).await.expect("replace at the current version");
@@ -295,6 +304,12 @@ async fn clear_pending_empties_the_outbox_only_at_the_given_version() {
 async fn append_log_skips_entries_already_there_and_the_timeline_is_ordered_by_seq() {
     let (db, store) = store("append_log").await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    // The timeline reads the log up to the saga's version.
+    for (id, version) in [(a, 5), (b, 1)] {
+        let mut saga = settled(0, Phase::Completed, None);
+        (saga.id, saga.version) = (id, version);
+        store.insert(&saga).await.expect("insert the saga");
+    }
     let (one, two) = (log_entry(a, 1, "first"), log_entry(a, 2, "second"));
     store.append_log(&[one.clone(), two.clone()]).await.expect("append");
     // A re-flush after a crash: entry 2 again (with other content, which must not win) and a new entry 3.
@@ -346,7 +361,7 @@ async fn due_finds_passed_deadlines_in_the_given_partitions_earliest_first() {
     // A saga whose deadline is cleared is no longer due.
     let mut finished = first.clone();
     finished.version += 1;
-    finished.state = SagaState { phase: Phase::Completed, deadline: None, reason: None };
+    finished.state = SagaState { phase: Phase::Completed, deadline: None, reason: None, ..SagaState::new() };
     store.replace(&finished, first.version).await.expect("replace");
     assert_eq!(store.due(&[0, 1], secs(5), 10).await.expect("due"), [due_of(&second), due_of(&third)]);
     db.drop().await.expect("drop the test database");

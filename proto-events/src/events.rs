@@ -97,3 +97,48 @@ pub struct TimerFired {
     #[garde(skip)]
     pub due_at: DateTime<Utc>,
 }
+
+/// What an operator asks of a saga, in `saga.operator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorVerb {
+    /// Send the current step (or the compensation it was parked at) again, with a fresh retry budget.
+    Retry,
+    /// Compensate the finished steps (and the current one), newest first.
+    Compensate,
+    /// Close a parked saga with a recorded outcome.
+    Resolve,
+}
+
+/// The outcome an operator records when resolving a parked saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolvedAs {
+    /// Fulfilled after all.
+    Completed,
+    /// Off.
+    Cancelled,
+}
+
+/// `saga.operator`: an operator's action on a saga. It travels through the saga's partition of
+/// `saga.reply` like a reply, so the partition owner applies it in order; it applies only if the saga is
+/// still at the version the operator saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Validate)]
+pub struct OperatorCommand {
+    /// What to do.
+    #[garde(skip)]
+    pub action: OperatorVerb,
+    /// For `resolve`: the outcome to record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[garde(skip)]
+    pub outcome: Option<ResolvedAs>,
+    /// Why, in the operator's words (recorded on the timeline).
+    #[garde(length(chars, min = 1, max = 500))]
+    pub reason: String,
+    /// Who: the subject of the operator's token.
+    #[garde(length(chars, min = 1, max = 128))]
+    pub operator: String,
+    /// The saga version the operator saw.
+    #[garde(range(min = 1))]
+    pub expected_version: u64,
+}

@@ -24,6 +24,8 @@ pub mod topics;
 
 pub use commands::{Address, Command, CommandKind, Line, Participant};
 pub use envelope::{Envelope, Meta};
-pub use events::{DeadlineKind, OrderStatus, SagaTransitioned, StartSaga, TimerFired};
+pub use events::{
+    DeadlineKind, OperatorCommand, OperatorVerb, OrderStatus, ResolvedAs, SagaTransitioned, StartSaga, TimerFired,
+};
 pub use message::{Body, DecodeError, Message};
 pub use replies::{FailureKind, Reply};

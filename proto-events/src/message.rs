@@ -9,8 +9,8 @@ use crate::commands::{
     CancelShipment, ChargePayment, Command, CommandKind, CreateShipment, RefundPayment, ReleaseStock, ReserveStock,
 };
 use crate::envelope::{Envelope, Meta};
-use crate::events::{SagaTransitioned, StartSaga, TimerFired};
-use crate::registry::{self, START, TIMER, TRANSITIONED};
+use crate::events::{OperatorCommand, SagaTransitioned, StartSaga, TimerFired};
+use crate::registry::{self, OPERATOR, START, TIMER, TRANSITIONED};
 use crate::replies::Reply;
 
 /// What a message says.
@@ -31,6 +31,8 @@ pub enum Body {
     Start(StartSaga),
     /// A saga's deadline passed.
     Timer(TimerFired),
+    /// An operator's action.
+    Operator(OperatorCommand),
 }
 
 impl Body {
@@ -42,6 +44,7 @@ impl Body {
             Body::Transitioned(_) => TRANSITIONED,
             Body::Start(_) => START,
             Body::Timer(_) => TIMER,
+            Body::Operator(_) => OPERATOR,
         }
     }
 
@@ -60,6 +63,7 @@ impl Body {
             Body::Transitioned(p) => json(p),
             Body::Start(p) => json(p),
             Body::Timer(p) => json(p),
+            Body::Operator(p) => json(p),
         }
     }
 
@@ -75,6 +79,7 @@ impl Body {
             Body::Transitioned(p) => p.validate(),
             Body::Start(p) => p.validate(),
             Body::Timer(p) => p.validate(),
+            Body::Operator(p) => p.validate(),
         }
     }
 }
@@ -250,6 +255,7 @@ fn decode_body(message_type: &str, version: u16, payload: serde_json::Value) -> 
         TRANSITIONED => Ok(Body::Transitioned(typed(message_type, version, payload)?)),
         START => Ok(Body::Start(typed(message_type, version, payload)?)),
         TIMER => Ok(Body::Timer(typed(message_type, version, payload)?)),
+        OPERATOR => Ok(Body::Operator(typed(message_type, version, payload)?)),
         other => Err(DecodeError::UnknownType(other.to_owned())),
     }
 }

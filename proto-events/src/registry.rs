@@ -6,7 +6,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 
 use crate::commands::{CancelShipment, ChargePayment, CreateShipment, RefundPayment, ReleaseStock, ReserveStock};
 use crate::envelope::Envelope;
-use crate::events::{SagaTransitioned, StartSaga, TimerFired};
+use crate::events::{OperatorCommand, SagaTransitioned, StartSaga, TimerFired};
 use crate::replies::Reply;
 
 /// `saga.transitioned`
@@ -15,6 +15,8 @@ pub const TRANSITIONED: &str = "saga.transitioned";
 pub const START: &str = "saga.start";
 /// `saga.timer`
 pub const TIMER: &str = "saga.timer";
+/// `saga.operator`
+pub const OPERATOR: &str = "saga.operator";
 
 /// A message type and the versions of it this build knows.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +56,7 @@ pub const TYPES: &[TypeInfo] = &[
     v1(TRANSITIONED, schema::<SagaTransitioned>),
     v1(START, schema::<StartSaga>),
     v1(TIMER, schema::<TimerFired>),
+    v1(OPERATOR, schema::<OperatorCommand>),
 ];
 
 /// The envelope's own schema version (the fields around the payload).

@@ -11,8 +11,8 @@ use proto_events::commands::{
 };
 use proto_events::registry::{self, TYPES};
 use proto_events::{
-    Address, Body, Command, CommandKind, DeadlineKind, DecodeError, Line, Message, Meta, OrderStatus, Reply,
-    SagaTransitioned, StartSaga, TimerFired,
+    Address, Body, Command, CommandKind, DeadlineKind, DecodeError, Line, Message, Meta, OperatorCommand, OperatorVerb,
+    OrderStatus, Reply, SagaTransitioned, StartSaga, TimerFired,
 };
 
 // A valid message of every kind, to break one rule at a time.
@@ -101,6 +101,13 @@ fn every_body() -> Vec<Body> {
         Body::Transitioned(transitioned()),
         Body::Start(StartSaga {}),
         Body::Timer(TimerFired { kind: DeadlineKind::StepTimeout, due_at: time() }),
+        Body::Operator(OperatorCommand {
+            action: OperatorVerb::Retry,
+            outcome: None,
+            reason: "payment provider back after the outage".to_owned(),
+            operator: "alice".to_owned(),
+            expected_version: 7,
+        }),
     ];
     for (i, command) in CommandKind::ALL.into_iter().enumerate() {
         let reply = match i % 3 {

@@ -10,4 +10,4 @@ pub mod definition;
 pub mod machine;
 
 pub use crate::definition::{Definition, RetryPolicy, StepDef, StepKind, order_fulfilment};
-pub use crate::machine::{Action, Deadline, Fenced, Phase, SagaEvent, SagaState, apply};
+pub use crate::machine::{Action, Deadline, Fenced, OperatorAction, Phase, Resolution, SagaEvent, SagaState, apply};

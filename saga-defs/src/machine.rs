@@ -16,10 +16,14 @@
 //!                  ▼
 //!        COMPENSATING(c,a) ─ok─▶ COMPENSATING(c',1) … ─ok─▶ COMPENSATED
 //!                  │  failure / timeout, attempts left: COMPENSATION_BACKOFF(c,a+1) ─due─▶ COMPENSATING(c,a+1)
-//!                  │  attempts exhausted (or a step after the pivot exhausted):
+//!                  │  attempts exhausted (or a step after the pivot exhausted or refused):
 //!                  ▼
-//!               FAILED (parked for an operator)
+//!               FAILED (parked for an operator) ─resolve─▶ RESOLVED
 //! ```
+//!
+//! An operator may also retry (the current attempt, or the one the saga was parked at, now and with a fresh
+//! retry budget) or force compensation; see [`OperatorAction`]. An action that does not apply in the saga's
+//! state is refused as [`Fenced::NotAllowed`] and changes nothing.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proto_events::{CommandKind, DeadlineKind, FailureKind, OrderStatus, Reply};
@@ -49,6 +53,8 @@ pub enum Phase {
     Compensated,
     /// Parked for an operator; the saga's reason says why.
     Failed,
+    /// A parked saga an operator closed, with a recorded outcome.
+    Resolved,
 }
 
 impl Phase {
@@ -63,14 +69,15 @@ impl Phase {
             Phase::Completed => "COMPLETED",
             Phase::Compensated => "COMPENSATED",
             Phase::Failed => "FAILED",
+            Phase::Resolved => "RESOLVED",
         }
     }
 
-    /// The order status customers see.
+    /// The order status customers see (for `RESOLVED`, see [`SagaState::status`], which knows the outcome).
     pub fn status(self) -> OrderStatus {
         match self {
             Phase::Completed => OrderStatus::Completed,
-            Phase::Compensated => OrderStatus::Cancelled,
+            Phase::Compensated | Phase::Resolved => OrderStatus::Cancelled,
             Phase::Failed => OrderStatus::Failed,
             _ => OrderStatus::Pending,
         }
@@ -89,7 +96,7 @@ impl Phase {
 
     /// Whether nothing but an operator will change the saga any more.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Completed | Phase::Compensated | Phase::Failed)
+        matches!(self, Phase::Completed | Phase::Compensated | Phase::Failed | Phase::Resolved)
     }
 }
 
@@ -116,13 +123,65 @@ pub struct SagaState {
     pub deadline: Option<Deadline>,
     /// Why the saga is compensating or parked.
     pub reason: Option<String>,
+    /// While `FAILED`: the phase the saga was parked from, where an operator's retry resumes.
+    #[serde(default)]
+    pub parked_at: Option<Phase>,
+    /// Attempts up to this one do not count against the retry policy: an operator's retry gives the step a
+    /// fresh budget while attempt numbers keep increasing (they fence replies).
+    #[serde(default)]
+    pub attempt_floor: u32,
+    /// While `RESOLVED`: the outcome the operator recorded.
+    #[serde(default)]
+    pub resolution: Option<Resolution>,
 }
 
 impl SagaState {
     /// A saga that has just been stored.
     pub fn new() -> Self {
-        Self { phase: Phase::Started, deadline: None, reason: None }
+        Self {
+            phase: Phase::Started,
+            deadline: None,
+            reason: None,
+            parked_at: None,
+            attempt_floor: 0,
+            resolution: None,
+        }
     }
+
+    /// The order status customers see.
+    pub fn status(&self) -> OrderStatus {
+        match (self.phase, self.resolution) {
+            (Phase::Resolved, Some(Resolution::Completed)) => OrderStatus::Completed,
+            (phase, _) => phase.status(),
+        }
+    }
+}
+
+/// The outcome an operator records when resolving a parked saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// The order is fulfilled after all (the operator finished it by hand).
+    Completed,
+    /// The order is off (the operator undid what was left by hand).
+    Cancelled,
+}
+
+/// What an operator asks of a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum OperatorAction {
+    /// Send the current step (or the compensation the saga was parked at) again now, with a fresh retry
+    /// budget.
+    Retry,
+    /// Stop going forward and compensate the finished steps (the current one included: its outcome is
+    /// unknown), newest first.
+    Compensate,
+    /// Close a parked saga with a recorded outcome.
+    Resolve {
+        /// The outcome.
+        outcome: Resolution,
+    },
 }
 
 impl Default for SagaState {
@@ -142,6 +201,8 @@ pub enum SagaEvent {
     /// saga's current deadline: a timer of an earlier phase that used the same step and attempt numbers
     /// (a forward step and its compensation both count attempts from 1) is stale.
     Timer { step: u16, attempt: u32, kind: DeadlineKind, due_at: DateTime<Utc> },
+    /// An operator's action, with the operator's reason.
+    Operator { action: OperatorAction, reason: String },
 }
 
 /// Why an event was not applied.
@@ -156,6 +217,8 @@ pub enum Fenced {
     OutOfOrder(String),
     /// The saga is finished.
     Terminal(String),
+    /// An operator's action that does not apply in the saga's state.
+    NotAllowed(String),
 }
 
 impl Fenced {
@@ -166,6 +229,7 @@ impl Fenced {
             Fenced::Stale(d) => format!("stale: {d}"),
             Fenced::OutOfOrder(d) => format!("out of order: {d}"),
             Fenced::Terminal(d) => format!("saga finished: {d}"),
+            Fenced::NotAllowed(d) => format!("not allowed: {d}"),
         }
     }
 }
@@ -188,7 +252,8 @@ pub fn apply(
     now: DateTime<Utc>,
 ) -> (SagaState, Vec<Action>) {
     if let Some(reason) = misfit(state.phase, definition) {
-        return (SagaState { phase: Phase::Failed, deadline: None, reason: Some(reason) }, Vec::new());
+        let parked = SagaState { phase: Phase::Failed, reason: Some(reason), parked_at: None, ..SagaState::new() };
+        return (parked, Vec::new());
     }
     let mut ctx = Ctx {
         def: definition,
@@ -197,6 +262,9 @@ pub fn apply(
         actions: Vec::new(),
         deadline: state.deadline,
         reason: state.reason.clone(),
+        parked_at: state.parked_at,
+        attempt_floor: state.attempt_floor,
+        resolution: state.resolution,
     };
     let mut machine = Machine.uninitialized_state_machine();
     *machine.state_mut() = State::from(state.phase);
@@ -204,7 +272,16 @@ pub fn apply(
     ctx.restoring = false;
     machine.handle_with_context(event, &mut ctx);
     let phase = Phase::from(machine.state());
-    (SagaState { phase, deadline: ctx.deadline, reason: ctx.reason }, ctx.actions)
+    let parked_at = if phase == Phase::Failed { ctx.parked_at } else { None };
+    let state = SagaState {
+        phase,
+        deadline: ctx.deadline,
+        reason: ctx.reason,
+        parked_at,
+        attempt_floor: ctx.attempt_floor,
+        resolution: ctx.resolution,
+    };
+    (state, ctx.actions)
 }
 
 /// Why a stored `phase` cannot run under `definition` (it was stored under another definition or version):
@@ -229,6 +306,9 @@ struct Ctx<'a> {
     actions: Vec<Action>,
     deadline: Option<Deadline>,
     reason: Option<String>,
+    parked_at: Option<Phase>,
+    attempt_floor: u32,
+    resolution: Option<Resolution>,
 }
 
 impl Ctx<'_> {
@@ -251,17 +331,17 @@ impl Ctx<'_> {
     /// none left, compensation (including this step, whose outcome is unknown) or parking.
     fn retry_or_give_up(&mut self, step: u16, attempt: u32, why: &str) -> Outcome<State> {
         let def = self.step(step);
-        if attempt < def.retry.max_attempts {
-            return if def.retry.backoff_before(attempt + 1).is_zero() {
+        let used = attempt.saturating_sub(self.attempt_floor);
+        if used < def.retry.max_attempts {
+            return if def.retry.backoff_before(used + 1).is_zero() {
                 Transition(State::running(step, attempt + 1))
             } else {
                 Transition(State::backoff(step, attempt + 1))
             };
         }
-        let reason = format!("step {} gave up after {attempt} attempts: {why}", def.name);
+        let reason = format!("step {} gave up after {used} attempts: {why}", def.name);
         if def.kind == StepKind::Retriable {
-            self.reason = Some(reason);
-            return Transition(State::failed());
+            return self.park(Phase::Running { step, attempt }, reason);
         }
         self.reason = Some(reason);
         self.compensate_from(Some(step))
@@ -278,8 +358,9 @@ impl Ctx<'_> {
 
     fn compensation_retry_or_park(&mut self, step: u16, attempt: u32, why: &str) -> Outcome<State> {
         let policy = self.def.compensation_retry;
-        if attempt < policy.max_attempts {
-            return if policy.backoff_before(attempt + 1).is_zero() {
+        let used = attempt.saturating_sub(self.attempt_floor);
+        if used < policy.max_attempts {
+            return if policy.backoff_before(used + 1).is_zero() {
                 Transition(State::compensating(step, attempt + 1))
             } else {
                 Transition(State::compensation_backoff(step, attempt + 1))
@@ -287,8 +368,91 @@ impl Ctx<'_> {
         }
         let name = self.step(step).name;
         let earlier = self.reason.take().map(|r| format!(" (compensating because {r})")).unwrap_or_default();
-        self.reason = Some(format!("compensation of step {name} gave up after {attempt} attempts: {why}{earlier}"));
+        let reason = format!("compensation of step {name} gave up after {used} attempts: {why}{earlier}");
+        self.park(Phase::Compensating { step, attempt }, reason)
+    }
+
+    /// Parks the saga in FAILED, remembering where it was so that an operator's retry can resume there.
+    fn park(&mut self, from: Phase, reason: String) -> Outcome<State> {
+        self.parked_at = Some(from);
+        self.reason = Some(reason);
         Transition(State::failed())
+    }
+
+    /// An operator's action in `phase` (see [`OperatorAction`]).
+    fn operate(&mut self, phase: Phase, action: OperatorAction, why: &str) -> Outcome<State> {
+        use OperatorAction::{Compensate, Resolve, Retry};
+        match (action, phase) {
+            (Retry, Phase::Started) => Transition(State::running(0, 1)),
+            (Retry, Phase::Running { step, attempt }) => self.retry_forward(step, attempt),
+            (Retry, Phase::Backoff { step, attempt }) => self.retry_forward(step, attempt - 1),
+            (Retry, Phase::Compensating { step, attempt }) => self.retry_compensation(step, attempt),
+            (Retry, Phase::CompensationBackoff { step, attempt }) => self.retry_compensation(step, attempt - 1),
+            (Retry | Compensate, Phase::Failed) => self.resume(action, why),
+            (Compensate, Phase::Started) => {
+                self.reason = Some(format!("cancelled by an operator before it started: {why}"));
+                Transition(State::compensated())
+            }
+            (Compensate, Phase::Running { step, .. } | Phase::Backoff { step, .. }) => {
+                self.reason = Some(format!("compensation forced by an operator: {why}"));
+                self.compensate_from(Some(step))
+            }
+            (Compensate, Phase::Compensating { .. } | Phase::CompensationBackoff { .. }) => {
+                self.ignore(Fenced::NotAllowed("the saga is already compensating".to_owned()))
+            }
+            (Resolve { outcome }, Phase::Failed) => {
+                self.resolution = Some(outcome);
+                let earlier = self.reason.take().map(|r| format!(" (parked because {r})")).unwrap_or_default();
+                self.reason = Some(format!("resolved by an operator as {outcome:?}: {why}{earlier}"));
+                Transition(State::resolved())
+            }
+            (Resolve { .. }, _) => self.ignore(Fenced::NotAllowed(format!(
+                "only a FAILED saga can be resolved; this one is {}",
+                phase.name()
+            ))),
+            (_, Phase::Completed | Phase::Compensated | Phase::Resolved) => {
+                self.ignore(Fenced::NotAllowed(format!("the saga is {}", phase.name())))
+            }
+        }
+    }
+
+    /// Sends the forward step again after `last` attempts, with a fresh retry budget.
+    fn retry_forward(&mut self, step: u16, last: u32) -> Outcome<State> {
+        self.attempt_floor = last;
+        Transition(State::running(step, last + 1))
+    }
+
+    /// Sends the step's compensation again after `last` attempts, with a fresh retry budget.
+    fn retry_compensation(&mut self, step: u16, last: u32) -> Outcome<State> {
+        self.attempt_floor = last;
+        Transition(State::compensating(step, last + 1))
+    }
+
+    /// Resumes a parked saga where it was parked: a retry goes on as it was going (forward or compensating);
+    /// compensate forces compensation of a saga parked going forward.
+    fn resume(&mut self, action: OperatorAction, why: &str) -> Outcome<State> {
+        // The resume point is stored state too: under another definition (or version) its step may be gone
+        // or have no compensation, and resuming there would panic. Such a saga can only be resolved.
+        if let Some(problem) = self.parked_at.and_then(|parked| misfit(parked, self.def)) {
+            return self.ignore(Fenced::NotAllowed(format!(
+                "the saga cannot resume where it was parked ({problem}); resolve it"
+            )));
+        }
+        match (action, self.parked_at.take()) {
+            (OperatorAction::Retry, Some(Phase::Running { step, attempt })) => {
+                self.reason = None;
+                self.retry_forward(step, attempt)
+            }
+            (_, Some(Phase::Compensating { step, attempt })) => self.retry_compensation(step, attempt),
+            (OperatorAction::Compensate, Some(Phase::Running { step, .. })) => {
+                self.reason = Some(format!("compensation forced by an operator: {why}"));
+                self.compensate_from(Some(step))
+            }
+            (_, parked_at) => {
+                self.parked_at = parked_at;
+                self.ignore(Fenced::NotAllowed("the saga was parked where it cannot resume; resolve it".to_owned()))
+            }
+        }
     }
 }
 
@@ -352,6 +516,7 @@ impl Machine {
     fn started(ctx: &mut Ctx<'_>, event: &SagaEvent) -> Outcome<State> {
         match event {
             SagaEvent::Start => Transition(State::running(0, 1)),
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Started, *action, reason),
             _ => ctx.ignore(not_started()),
         }
     }
@@ -361,6 +526,7 @@ impl Machine {
         let (step, attempt) = (*step, *attempt);
         let expected = ctx.step(step).command;
         match event {
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Running { step, attempt }, *action, reason),
             SagaEvent::Start => ctx.ignore(Fenced::Duplicate("the saga is already running".to_owned())),
             SagaEvent::Reply { step: s, attempt: a, command, reply } => {
                 if let Some(fence) = fence_reply((step, attempt), expected, false, (*s, *a, *command)) {
@@ -385,6 +551,9 @@ impl Machine {
         if ctx.restoring {
             return;
         }
+        if *attempt == 1 {
+            ctx.attempt_floor = 0;
+        }
         let def = ctx.step(*step);
         let (command, timeout) = (def.command, def.timeout);
         ctx.actions.push(Action::Send { step: *step, attempt: *attempt, command });
@@ -408,6 +577,7 @@ impl Machine {
                     .unwrap_or_else(|| Fenced::OutOfOrder(format!("reply for attempt {a}, which has not been sent")));
                 ctx.ignore(fence)
             }
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Backoff { step, attempt }, *action, reason),
             SagaEvent::Start => ctx.ignore(Fenced::Duplicate("the saga is already running".to_owned())),
         }
     }
@@ -417,7 +587,7 @@ impl Machine {
         if ctx.restoring {
             return;
         }
-        let wait = ctx.step(*step).retry.backoff_before(*attempt);
+        let wait = ctx.step(*step).retry.backoff_before(attempt.saturating_sub(ctx.attempt_floor));
         ctx.set_deadline(wait, DeadlineKind::RetryDue, *step, *attempt);
     }
 
@@ -426,6 +596,9 @@ impl Machine {
         let (step, attempt) = (*step, *attempt);
         let expected = ctx.step(step).compensation.expect("only steps with a compensation are compensated");
         match event {
+            SagaEvent::Operator { action, reason } => {
+                ctx.operate(Phase::Compensating { step, attempt }, *action, reason)
+            }
             SagaEvent::Start => ctx.ignore(Fenced::Duplicate("the saga is already running".to_owned())),
             SagaEvent::Reply { step: s, attempt: a, command, reply } => {
                 if let Some(fence) = fence_reply((step, attempt), expected, true, (*s, *a, *command)) {
@@ -453,6 +626,9 @@ impl Machine {
         if ctx.restoring {
             return;
         }
+        if *attempt == 1 {
+            ctx.attempt_floor = 0;
+        }
         let def = ctx.step(*step);
         let (command, timeout) = (def.compensation.expect("compensated steps have a compensation"), def.timeout);
         ctx.actions.push(Action::Send { step: *step, attempt: *attempt, command });
@@ -475,6 +651,9 @@ impl Machine {
                     .unwrap_or_else(|| Fenced::OutOfOrder(format!("reply for attempt {a}, which has not been sent")));
                 ctx.ignore(fence)
             }
+            SagaEvent::Operator { action, reason } => {
+                ctx.operate(Phase::CompensationBackoff { step, attempt }, *action, reason)
+            }
             SagaEvent::Start => ctx.ignore(Fenced::Duplicate("the saga is already running".to_owned())),
         }
     }
@@ -484,23 +663,40 @@ impl Machine {
         if ctx.restoring {
             return;
         }
-        let wait = ctx.def.compensation_retry.backoff_before(*attempt);
+        let wait = ctx.def.compensation_retry.backoff_before(attempt.saturating_sub(ctx.attempt_floor));
         ctx.set_deadline(wait, DeadlineKind::RetryDue, *step, *attempt);
     }
 
     #[state(entry_action = "enter_terminal")]
-    fn completed(ctx: &mut Ctx<'_>) -> Outcome<State> {
-        ctx.ignore(Fenced::Terminal("the saga is COMPLETED".to_owned()))
+    fn completed(ctx: &mut Ctx<'_>, event: &SagaEvent) -> Outcome<State> {
+        match event {
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Completed, *action, reason),
+            _ => ctx.ignore(Fenced::Terminal("the saga is COMPLETED".to_owned())),
+        }
     }
 
     #[state(entry_action = "enter_terminal")]
-    fn compensated(ctx: &mut Ctx<'_>) -> Outcome<State> {
-        ctx.ignore(Fenced::Terminal("the saga is COMPENSATED".to_owned()))
+    fn compensated(ctx: &mut Ctx<'_>, event: &SagaEvent) -> Outcome<State> {
+        match event {
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Compensated, *action, reason),
+            _ => ctx.ignore(Fenced::Terminal("the saga is COMPENSATED".to_owned())),
+        }
     }
 
     #[state(entry_action = "enter_terminal")]
-    fn failed(ctx: &mut Ctx<'_>) -> Outcome<State> {
-        ctx.ignore(Fenced::Terminal("the saga is FAILED (parked for an operator)".to_owned()))
+    fn failed(ctx: &mut Ctx<'_>, event: &SagaEvent) -> Outcome<State> {
+        match event {
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Failed, *action, reason),
+            _ => ctx.ignore(Fenced::Terminal("the saga is FAILED (parked for an operator)".to_owned())),
+        }
+    }
+
+    #[state(entry_action = "enter_terminal")]
+    fn resolved(ctx: &mut Ctx<'_>, event: &SagaEvent) -> Outcome<State> {
+        match event {
+            SagaEvent::Operator { action, reason } => ctx.operate(Phase::Resolved, *action, reason),
+            _ => ctx.ignore(Fenced::Terminal("the saga is RESOLVED".to_owned())),
+        }
     }
 
     #[action]
@@ -518,10 +714,12 @@ fn on_step_reply(ctx: &mut Ctx<'_>, step: u16, attempt: u32, reply: &Reply) -> O
         Reply::Succeeded { .. } => Transition(State::completed()),
         Reply::Failed { kind: FailureKind::Transient, reason } => ctx.retry_or_give_up(step, attempt, reason),
         Reply::Failed { kind: FailureKind::Business, reason } => {
-            ctx.reason = Some(format!("step {name} failed: {reason}"));
+            let reason = format!("step {name} failed: {reason}");
             if kind == StepKind::Retriable {
-                return Transition(State::failed());
+                // Parked where an operator's retry resumes it (once the cause is fixed by hand).
+                return ctx.park(Phase::Running { step, attempt }, reason);
             }
+            ctx.reason = Some(reason);
             // A business failure means the participant made no change: undo the steps before this one.
             ctx.compensate_from(step.checked_sub(1))
         }
@@ -539,6 +737,7 @@ impl From<Phase> for State {
             Phase::Completed => State::completed(),
             Phase::Compensated => State::compensated(),
             Phase::Failed => State::failed(),
+            Phase::Resolved => State::resolved(),
         }
     }
 }
@@ -554,6 +753,7 @@ impl From<&State> for Phase {
             State::Completed {} => Phase::Completed,
             State::Compensated {} => Phase::Compensated,
             State::Failed {} => Phase::Failed,
+            State::Resolved {} => Phase::Resolved,
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The saga core through its public API: every transition of the state machine, reply and timer fencing,
 //! restoring stored states, and a seeded simulator that drives thousands of sagas through random, lost,
-//! duplicated, stale and reordered events while checking the core's invariants after every step.
+//! duplicated, stale and reordered events (and, in a second run, operators' actions) while checking the
+//! core's invariants after every step. Operator actions are tested one by one in `operator.rs`.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use proto_events::{CommandKind, DeadlineKind, FailureKind, OrderStatus, Reply};
 use saga_defs::{
-    Action, Deadline, Definition, Fenced, Phase, RetryPolicy, SagaEvent, SagaState, StepKind, apply, order_fulfilment,
+    Action, Deadline, Definition, Fenced, OperatorAction, Phase, Resolution, RetryPolicy, SagaEvent, SagaState,
+    StepKind, apply, order_fulfilment,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,7 +250,10 @@ fn phases_have_names_statuses_and_step_attempts() {
         assert_eq!(phase.step_attempt(), step_attempt, "{phase:?}");
         assert_eq!(phase.is_terminal(), status.is_terminal(), "{phase:?}");
     }
-    assert_eq!(SagaState::default(), SagaState { phase: Phase::Started, deadline: None, reason: None });
+    assert_eq!(
+        SagaState::default(),
+        SagaState { phase: Phase::Started, deadline: None, reason: None, ..SagaState::new() }
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -916,7 +922,7 @@ fn fences_describe_themselves_for_the_timeline() {
 fn restoring_a_running_saga_does_not_resend_its_command() {
     let def = order();
     let deadline = Deadline { at: plus(t0(), Duration::from_secs(7)), kind: STEP_TIMEOUT, step: 1, attempt: 2 };
-    let stored = SagaState { phase: running(1, 2), deadline: Some(deadline), reason: None };
+    let stored = SagaState { phase: running(1, 2), deadline: Some(deadline), reason: None, ..SagaState::new() };
     let later = plus(t0(), Duration::from_secs(3));
 
     for event in [ok(1, 1, CHARGE), ok(0, 1, RESERVE), timer(1, 1, STEP_TIMEOUT), SagaEvent::Start] {
@@ -939,13 +945,23 @@ fn restoring_any_stored_state_with_an_ignored_event_changes_nothing() {
     let reason = Some("step charge_payment failed: card declined".to_owned());
     let stored = [
         SagaState::new(),
-        SagaState { phase: running(2, 3), deadline: deadline(STEP_TIMEOUT, 2, 3), reason: None },
-        SagaState { phase: backoff(1, 2), deadline: deadline(RETRY_DUE, 1, 2), reason: None },
-        SagaState { phase: compensating(0, 4), deadline: deadline(STEP_TIMEOUT, 0, 4), reason: reason.clone() },
-        SagaState { phase: compensation_backoff(1, 5), deadline: deadline(RETRY_DUE, 1, 5), reason: reason.clone() },
-        SagaState { phase: Phase::Completed, deadline: None, reason: None },
-        SagaState { phase: Phase::Compensated, deadline: None, reason: reason.clone() },
-        SagaState { phase: Phase::Failed, deadline: None, reason },
+        SagaState { phase: running(2, 3), deadline: deadline(STEP_TIMEOUT, 2, 3), reason: None, ..SagaState::new() },
+        SagaState { phase: backoff(1, 2), deadline: deadline(RETRY_DUE, 1, 2), reason: None, ..SagaState::new() },
+        SagaState {
+            phase: compensating(0, 4),
+            deadline: deadline(STEP_TIMEOUT, 0, 4),
+            reason: reason.clone(),
+            ..SagaState::new()
+        },
+        SagaState {
+            phase: compensation_backoff(1, 5),
+            deadline: deadline(RETRY_DUE, 1, 5),
+            reason: reason.clone(),
+            ..SagaState::new()
+        },
+        SagaState { phase: Phase::Completed, deadline: None, reason: None, ..SagaState::new() },
+        SagaState { phase: Phase::Compensated, deadline: None, reason: reason.clone(), ..SagaState::new() },
+        SagaState { phase: Phase::Failed, deadline: None, reason, ..SagaState::new() },
     ];
     let stray = timer(9, 9, RETRY_DUE);
     for state in stored {
@@ -967,6 +983,7 @@ fn a_stored_step_beyond_the_definition_parks_the_saga_without_panicking() {
             phase,
             deadline: Some(Deadline { at: t0(), kind: STEP_TIMEOUT, step, attempt }),
             reason: Some("earlier".to_owned()),
+            ..SagaState::new()
         };
         for event in [SagaEvent::Start, ok(step, attempt, CREATE), timer(step, attempt, STEP_TIMEOUT)] {
             let (state, actions) = apply(&stored, &event, &def, t0());
@@ -990,6 +1007,7 @@ fn a_stored_compensation_of_a_step_without_one_parks_the_saga_without_panicking(
             phase,
             deadline: Some(Deadline { at: t0(), kind: STEP_TIMEOUT, step, attempt }),
             reason: Some("earlier".to_owned()),
+            ..SagaState::new()
         };
         for event in [ok(2, attempt, CANCEL), timer(2, attempt, STEP_TIMEOUT), timer(2, attempt, RETRY_DUE)] {
             let (state, actions) = apply(&stored, &event, &def, t0());
@@ -1013,6 +1031,7 @@ fn the_same_inputs_give_the_same_outputs() {
         phase: running(1, 2),
         deadline: Some(Deadline { at, kind: STEP_TIMEOUT, step: 1, attempt: 2 }),
         reason: None,
+        ..SagaState::new()
     };
     let cases = [
         (SagaState::new(), SagaEvent::Start),
@@ -1029,7 +1048,10 @@ fn the_same_inputs_give_the_same_outputs() {
         }
     }
     for seed in 0..50 {
-        assert_eq!(simulate(&def, seed).trace, simulate(&def, seed).trace, "seed {seed}");
+        for operator_rate in [0, OPERATOR_RATE] {
+            let (first, second) = (simulate(&def, seed, operator_rate), simulate(&def, seed, operator_rate));
+            assert_eq!(first.trace, second.trace, "seed {seed}, operator rate {operator_rate}");
+        }
     }
 }
 
@@ -1072,12 +1094,20 @@ impl Rng {
 struct Run {
     outcome: Phase,
     trace: Vec<(SagaState, Vec<Action>)>,
-    fences: [usize; 4],
-    phases_seen: [bool; 8],
+    fences: [usize; 5],
+    phases_seen: [bool; 9],
+    /// Operator actions applied, by action (see [`action_index`]) and the phase they were applied in.
+    operator_applied: [[usize; 9]; 3],
+    /// Operator actions refused as not allowed, likewise.
+    operator_refused: [[usize; 9]; 3],
 }
 
+/// How often, in percent, the operator-playing driver injects an operator's action instead of a saga event.
+const OPERATOR_RATE: u64 = 4;
+
 /// One saga under random delivery: every command's reply may be lost, delayed behind others, delivered twice;
-/// stray replies and timers arrive; timers fire when due. The invariants are checked after every `apply`.
+/// stray replies and timers arrive; timers fire when due; operators may act, in any phase. The invariants
+/// are checked after every `apply`.
 #[derive(Debug)]
 struct Sim<'a> {
     def: &'a Definition,
@@ -1087,6 +1117,9 @@ struct Sim<'a> {
     now: DateTime<Utc>,
     /// How likely a participant fails, in percent.
     failure_rate: u64,
+    /// How likely an event is an operator's action, in percent (0: operators never act, and a parked saga
+    /// stays FAILED).
+    operator_rate: u64,
     in_flight: Vec<SagaEvent>,
     delivered: Vec<SagaEvent>,
     highest_forward_sent: Option<u16>,
@@ -1095,10 +1128,16 @@ struct Sim<'a> {
     refused: Vec<bool>,
     unknown: Vec<bool>,
     compensated: Vec<bool>,
+    /// Every command sent, as (step, attempt, command): none is sent twice.
+    sent: HashSet<(u16, u32, CommandKind)>,
+    /// Whether an operator forced compensation (which may undo a pivot that succeeded).
+    forced: bool,
+    /// Whether an operator's retry was applied (only that raises the attempt floor).
+    operator_retried: bool,
     run: Run,
 }
 
-fn simulate(def: &Definition, seed: u64) -> Run {
+fn simulate(def: &Definition, seed: u64, operator_rate: u64) -> Run {
     let mut rng = Rng::new(seed);
     let failure_rate = rng.pick(&[0, 10, 30, 60, 90]);
     let steps = def.steps.len();
@@ -1109,6 +1148,7 @@ fn simulate(def: &Definition, seed: u64) -> Run {
         state: SagaState::new(),
         now: t0(),
         failure_rate,
+        operator_rate,
         in_flight: Vec::new(),
         delivered: Vec::new(),
         highest_forward_sent: None,
@@ -1117,22 +1157,33 @@ fn simulate(def: &Definition, seed: u64) -> Run {
         refused: vec![false; steps],
         unknown: vec![false; steps],
         compensated: vec![false; steps],
-        run: Run { outcome: Phase::Started, trace: Vec::new(), fences: [0; 4], phases_seen: [false; 8] },
+        sent: HashSet::new(),
+        forced: false,
+        operator_retried: false,
+        run: Run {
+            outcome: Phase::Started,
+            trace: Vec::new(),
+            fences: [0; 5],
+            phases_seen: [false; 9],
+            operator_applied: [[0; 9]; 3],
+            operator_refused: [[0; 9]; 3],
+        },
     };
     while sim.rng.percent(20) {
-        let event = sim.stray_event();
+        let event = if sim.operators_act(25) { sim.operator_event() } else { sim.stray_event() };
         sim.deliver(event);
     }
     sim.deliver(SagaEvent::Start);
     let mut events = 0;
-    while !sim.state.phase.is_terminal() {
+    while !sim.finished() {
         events += 1;
         assert!(events < 5_000, "seed {seed}: the saga did not finish: {:?}", sim.state);
         let event = sim.next_event();
         sim.deliver(event);
     }
+    // Nothing changes a finished saga: replies, timers and operators alike.
     for _ in 0..5 {
-        let event = sim.next_event();
+        let event = if sim.operators_act(30) { sim.operator_event() } else { sim.next_event() };
         sim.deliver(event);
     }
     sim.run.outcome = sim.state.phase;
@@ -1140,8 +1191,32 @@ fn simulate(def: &Definition, seed: u64) -> Run {
 }
 
 impl Sim<'_> {
+    /// Whether the saga is done: terminal, and, where operators act, not parked (they act on it eventually).
+    fn finished(&self) -> bool {
+        let phase = self.state.phase;
+        phase.is_terminal() && (self.operator_rate == 0 || phase != Phase::Failed)
+    }
+
+    /// Whether operators play and the next event is theirs, with `percent` chance (no draw when they don't
+    /// play, so that the driver without operators replays exactly as before).
+    fn operators_act(&mut self, percent: u64) -> bool {
+        self.operator_rate > 0 && self.rng.percent(percent)
+    }
+
+    fn operator_event(&mut self) -> SagaEvent {
+        let action = match self.rng.below(10) {
+            0..4 => OperatorAction::Retry,
+            4..7 => OperatorAction::Compensate,
+            _ => OperatorAction::Resolve { outcome: self.rng.pick(&[Resolution::Completed, Resolution::Cancelled]) },
+        };
+        SagaEvent::Operator { action, reason: format!("seed {} says so (by sim)", self.seed) }
+    }
+
     fn next_event(&mut self) -> SagaEvent {
         self.now = plus(self.now, Duration::from_millis(self.rng.next() % 3_000));
+        if self.operators_act(self.operator_rate) {
+            return self.operator_event();
+        }
         match self.rng.below(100) {
             0..55 if !self.in_flight.is_empty() => {
                 let i = self.rng.below(self.in_flight.len());
@@ -1205,20 +1280,42 @@ impl Sim<'_> {
         let seed = self.seed;
         let what = || format!("seed {seed}: {event:?} on {before:?} gave {after:?} and {actions:?}");
         check_shape(self.def, after, &what);
-        if let [Action::Ignore(fence)] = actions {
+        let fence = match actions {
+            [Action::Ignore(fence)] => Some(fence),
+            _ => None,
+        };
+        let operator = match event {
+            SagaEvent::Operator { action, .. } => Some(*action),
+            _ => None,
+        };
+        if let Some(action) = operator {
+            let counts = if fence.is_some() { &mut self.run.operator_refused } else { &mut self.run.operator_applied };
+            counts[action_index(action)][phase_index(before.phase)] += 1;
+            assert_eq!(fence.is_none(), operator_allowed(action, before), "{}", what());
+        }
+        if let Some(fence) = fence {
             self.run.fences[fence_index(fence)] += 1;
             assert_eq!(after, before, "a fenced event changed the saga: {}", what());
-            if before.phase.is_terminal() {
+            match fence {
+                // An operator's action is refused only as not allowed, and only it is.
+                Fenced::NotAllowed(_) => assert!(operator.is_some(), "{}", what()),
+                _ => assert!(operator.is_none(), "an operator's action fenced as {fence:?}: {}", what()),
+            }
+            if before.phase.is_terminal() && operator.is_none() {
                 assert!(matches!(fence, Fenced::Terminal(_)), "{}", what());
             }
             return;
         }
         assert!(!actions.iter().any(|a| matches!(a, Action::Ignore(_))), "{}", what());
-        assert!(!before.phase.is_terminal(), "a finished saga changed: {}", what());
+        let resumed = before.phase == Phase::Failed && operator.is_some();
+        assert!(!before.phase.is_terminal() || resumed, "a finished saga changed: {}", what());
         assert_ne!(after.phase, before.phase, "an applied event moves the saga: {}", what());
         self.record_accepted(before, event, after, &what);
         self.check_entry(after, actions, &what);
         self.check_outcome(after, &what);
+        if !self.operator_retried {
+            assert_eq!(after.attempt_floor, 0, "an attempt floor without an operator's retry: {}", what());
+        }
     }
 
     /// An applied event must be exactly what the saga waited for; remember what it means.
@@ -1235,7 +1332,8 @@ impl Sim<'_> {
                     Reply::Failed { kind: FailureKind::Business, .. } => self.refused[i] = true,
                     Reply::Failed { kind: FailureKind::Transient, .. } => {
                         self.unknown[i] |= gave_up(after);
-                        assert_eq!(gave_up(after), a == def.retry.max_attempts, "{}", what());
+                        let used = a - before.attempt_floor;
+                        assert_eq!(gave_up(after), used == def.retry.max_attempts, "{}", what());
                     }
                 }
             }
@@ -1253,11 +1351,81 @@ impl Sim<'_> {
                 if let Phase::Running { step: s, attempt: a } = before.phase {
                     let max = self.def.steps[usize::from(s)].retry.max_attempts;
                     self.unknown[usize::from(s)] |= gave_up(after);
-                    assert_eq!(gave_up(after), a == max, "{}", what());
+                    assert_eq!(gave_up(after), a - before.attempt_floor == max, "{}", what());
                 }
             }
+            (SagaEvent::Operator { action, .. }, _) => self.record_operator(*action, before, after, what),
             _ => panic!("an event applied in the wrong phase: {}", what()),
         }
+    }
+
+    /// An applied operator's action must do exactly what the operator semantics say.
+    fn record_operator(
+        &mut self,
+        action: OperatorAction,
+        before: &SagaState,
+        after: &SagaState,
+        what: &dyn Fn() -> String,
+    ) {
+        use OperatorAction::{Compensate, Resolve, Retry};
+        let running = |step, attempt| Phase::Running { step, attempt };
+        let compensating = |step, attempt| Phase::Compensating { step, attempt };
+        match (action, before.phase, before.parked_at) {
+            (Retry, Phase::Started, _) => assert_eq!(after.phase, running(0, 1), "{}", what()),
+            (Retry, Phase::Running { step, attempt }, _) => {
+                self.retried(after, running(step, attempt + 1), attempt, what)
+            }
+            (Retry, Phase::Backoff { step, attempt }, _) => {
+                self.retried(after, running(step, attempt), attempt - 1, what)
+            }
+            (Retry, Phase::Compensating { step, attempt }, _) => {
+                assert_eq!(after.reason, before.reason, "{}", what());
+                self.retried(after, compensating(step, attempt + 1), attempt, what);
+            }
+            (Retry, Phase::CompensationBackoff { step, attempt }, _) => {
+                assert_eq!(after.reason, before.reason, "{}", what());
+                self.retried(after, compensating(step, attempt), attempt - 1, what);
+            }
+            (Retry, Phase::Failed, Some(Phase::Running { step, attempt })) => {
+                self.retried(after, running(step, attempt + 1), attempt, what);
+            }
+            (Retry | Compensate, Phase::Failed, Some(Phase::Compensating { step, attempt })) => {
+                assert_eq!(after.reason, before.reason, "{}", what());
+                self.retried(after, compensating(step, attempt + 1), attempt, what);
+            }
+            (Compensate, Phase::Started, _) => assert_eq!(after.phase, Phase::Compensated, "{}", what()),
+            (Compensate, Phase::Running { step, .. } | Phase::Backoff { step, .. }, _)
+            | (Compensate, Phase::Failed, Some(Phase::Running { step, .. })) => {
+                self.force_compensation(step, after, what)
+            }
+            (Resolve { outcome }, Phase::Failed, _) => {
+                assert_eq!((after.phase, after.resolution), (Phase::Resolved, Some(outcome)), "{}", what());
+                let status = match outcome {
+                    Resolution::Completed => OrderStatus::Completed,
+                    Resolution::Cancelled => OrderStatus::Cancelled,
+                };
+                assert_eq!(after.status(), status, "{}", what());
+            }
+            _ => panic!("an operator's action applied where it is not allowed: {}", what()),
+        }
+    }
+
+    /// An operator's retry: `phase` now, attempts up to `floor` no longer counting.
+    fn retried(&mut self, after: &SagaState, phase: Phase, floor: u32, what: &dyn Fn() -> String) {
+        assert_eq!((after.phase, after.attempt_floor), (phase, floor), "{}", what());
+        self.operator_retried = true;
+    }
+
+    /// An operator forced compensation while `step` was out (or parked): its outcome is unknown, so it is
+    /// compensated too, newest first.
+    fn force_compensation(&mut self, step: u16, after: &SagaState, what: &dyn Fn() -> String) {
+        self.unknown[usize::from(step)] = true;
+        self.forced = true;
+        let first = (0..=step).rev().find(|&i| self.def.steps[usize::from(i)].compensation.is_some());
+        let expected = first.map_or(Phase::Compensated, |c| Phase::Compensating { step: c, attempt: 1 });
+        assert_eq!(after.phase, expected, "{}", what());
+        let reason = after.reason.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("compensation forced by an operator: "), "{}", what());
     }
 
     /// What the new phase sends and schedules on entry.
@@ -1269,6 +1437,9 @@ impl Sim<'_> {
                 Action::Ignore(_) => unreachable!("checked before"),
             })
             .collect();
+        for &send in &sends {
+            assert!(self.sent.insert(send), "{send:?} sent twice: {}", what());
+        }
         let now = self.now;
         let deadline = |kind, step, attempt, wait| Some(Deadline { at: plus(now, wait), kind, step, attempt });
         match after.phase {
@@ -1292,24 +1463,26 @@ impl Sim<'_> {
                 assert!(!self.compensated[i], "compensated twice: {}", what());
                 assert!(!self.refused[i], "compensating a step that made no change: {}", what());
                 assert!(self.succeeded[i] || self.unknown[i], "compensating a step that did nothing: {}", what());
-                if def.kind == StepKind::Pivot {
+                if def.kind == StepKind::Pivot && !self.forced {
                     assert!(self.unknown[i] && !self.succeeded[i], "pivot compensated though known: {}", what());
                 }
                 self.last_compensation_sent = Some(step);
             }
             Phase::Backoff { step, attempt } => {
                 assert_eq!(sends, [], "{}", what());
-                let wait = self.def.steps[usize::from(step)].retry.backoff_before(attempt);
+                let wait = self.def.steps[usize::from(step)].retry.backoff_before(attempt - after.attempt_floor);
                 assert!(!wait.is_zero(), "a back-off without a wait: {}", what());
                 assert_eq!(after.deadline, deadline(RETRY_DUE, step, attempt, wait), "{}", what());
             }
             Phase::CompensationBackoff { step, attempt } => {
                 assert_eq!(sends, [], "{}", what());
-                let wait = self.def.compensation_retry.backoff_before(attempt);
+                let wait = self.def.compensation_retry.backoff_before(attempt - after.attempt_floor);
                 assert!(!wait.is_zero(), "a back-off without a wait: {}", what());
                 assert_eq!(after.deadline, deadline(RETRY_DUE, step, attempt, wait), "{}", what());
             }
-            Phase::Completed | Phase::Compensated | Phase::Failed => assert_eq!(sends, [], "{}", what()),
+            Phase::Completed | Phase::Compensated | Phase::Failed | Phase::Resolved => {
+                assert_eq!(sends, [], "{}", what());
+            }
             Phase::Started => panic!("an applied event left the saga unstarted: {}", what()),
         }
     }
@@ -1321,7 +1494,8 @@ impl Sim<'_> {
                 for (i, step) in self.def.steps.iter().enumerate() {
                     let needed = (self.succeeded[i] || self.unknown[i]) && step.compensation.is_some();
                     assert!(!needed || self.compensated[i], "step {i} left uncompensated: {}", what());
-                    assert!(step.kind != StepKind::Pivot || !self.succeeded[i], "after the pivot: {}", what());
+                    let undone_pivot = step.kind == StepKind::Pivot && self.succeeded[i];
+                    assert!(!undone_pivot || self.forced, "compensated after the pivot: {}", what());
                 }
             }
             _ => {}
@@ -1337,7 +1511,9 @@ fn check_shape(def: &Definition, state: &SagaState, what: &dyn Fn() -> String) {
             Phase::Running { .. } | Phase::Backoff { .. } => def.steps[usize::from(step)].retry.max_attempts,
             _ => def.compensation_retry.max_attempts,
         };
-        assert!((1..=max).contains(&attempt), "attempt beyond the policy: {}", what());
+        // Attempts up to the floor (raised only by an operator's retry) do not count against the policy.
+        let floor = state.attempt_floor;
+        assert!(attempt > floor && attempt - floor <= max, "attempt beyond the policy: {}", what());
         let kind = match state.phase {
             Phase::Running { .. } | Phase::Compensating { .. } => STEP_TIMEOUT,
             _ => RETRY_DUE,
@@ -1354,6 +1530,28 @@ fn check_shape(def: &Definition, state: &SagaState, what: &dyn Fn() -> String) {
         }
         _ => assert!(has_reason, "compensating or parked without a reason: {}", what()),
     }
+    // Every parked saga knows where an operator's retry resumes it (none is misfit here).
+    assert_eq!(state.parked_at.is_some(), state.phase == Phase::Failed, "parked_at: {}", what());
+    assert_eq!(state.resolution.is_some(), state.phase == Phase::Resolved, "resolution: {}", what());
+}
+
+/// Whether `action` applies to a saga in `state` (otherwise it is refused as not allowed).
+fn operator_allowed(action: OperatorAction, state: &SagaState) -> bool {
+    match (action, state.phase) {
+        (_, Phase::Completed | Phase::Compensated | Phase::Resolved) => false,
+        (OperatorAction::Resolve { .. }, phase) => phase == Phase::Failed,
+        (_, Phase::Failed) => state.parked_at.is_some(),
+        (OperatorAction::Compensate, Phase::Compensating { .. } | Phase::CompensationBackoff { .. }) => false,
+        _ => true,
+    }
+}
+
+fn action_index(action: OperatorAction) -> usize {
+    match action {
+        OperatorAction::Retry => 0,
+        OperatorAction::Compensate => 1,
+        OperatorAction::Resolve { .. } => 2,
+    }
 }
 
 fn phase_index(phase: Phase) -> usize {
@@ -1366,6 +1564,7 @@ fn phase_index(phase: Phase) -> usize {
         Phase::Completed => 5,
         Phase::Compensated => 6,
         Phase::Failed => 7,
+        Phase::Resolved => 8,
     }
 }
 
@@ -1375,11 +1574,23 @@ fn fence_index(fence: &Fenced) -> usize {
         Fenced::Stale(_) => 1,
         Fenced::OutOfOrder(_) => 2,
         Fenced::Terminal(_) => 3,
+        Fenced::NotAllowed(_) => 4,
     }
 }
 
-#[test]
-fn thousands_of_random_sagas_keep_the_invariants() {
+/// What many simulated sagas reached, summed.
+#[derive(Debug, Default)]
+struct Totals {
+    outcomes: [usize; 9],
+    fences: [usize; 5],
+    phases_seen: [bool; 9],
+    operator_applied: [[usize; 9]; 3],
+    operator_refused: [[usize; 9]; 3],
+}
+
+/// Simulates 2,500 sagas of each of four definitions (one without back-off, one that gives up quickly, two
+/// with a step after the pivot), with operators acting at `operator_rate` percent.
+fn simulate_many(operator_rate: u64) -> Totals {
     let mut fragile = order_with_step_retry(RetryPolicy { max_attempts: 2, ..NO_WAIT });
     fragile.compensation_retry = RetryPolicy {
         max_attempts: 3,
@@ -1391,26 +1602,72 @@ fn thousands_of_random_sagas_keep_the_invariants() {
     zero_compensation_wait.compensation_retry = RetryPolicy { max_attempts: 4, ..NO_WAIT };
     let definitions = [order(), fragile, pay_then_ship(), zero_compensation_wait];
 
-    let mut outcomes = [0usize; 8];
-    let mut fences = [0usize; 4];
-    let mut phases_seen = [false; 8];
+    let mut totals = Totals::default();
     for (d, def) in definitions.iter().enumerate() {
         assert_eq!(def.validate(), Ok(()));
         for seed in 0..2_500 {
-            let run = simulate(def, (seed << 2) | u64::try_from(d).expect("few definitions"));
-            outcomes[phase_index(run.outcome)] += 1;
-            for (total, n) in fences.iter_mut().zip(run.fences) {
+            let run = simulate(def, (seed << 2) | u64::try_from(d).expect("few definitions"), operator_rate);
+            totals.outcomes[phase_index(run.outcome)] += 1;
+            for (total, n) in totals.fences.iter_mut().zip(run.fences) {
                 *total += n;
             }
-            for (seen, now) in phases_seen.iter_mut().zip(run.phases_seen) {
+            for (seen, now) in totals.phases_seen.iter_mut().zip(run.phases_seen) {
                 *seen |= now;
+            }
+            for a in 0..3 {
+                for p in 0..9 {
+                    totals.operator_applied[a][p] += run.operator_applied[a][p];
+                    totals.operator_refused[a][p] += run.operator_refused[a][p];
+                }
             }
         }
     }
+    totals
+}
+
+#[test]
+fn thousands_of_random_sagas_keep_the_invariants() {
+    let totals = simulate_many(0);
+    let Totals { outcomes, fences, phases_seen, .. } = totals;
     // The test is only as good as what it reaches: every phase, every outcome and every kind of fence.
+    // (RESOLVED and the NotAllowed fence come only from operators, which this driver does not play.)
+    assert!(phases_seen[..8].iter().all(|&seen| seen), "phases seen: {phases_seen:?}");
+    assert!(outcomes[5..8].iter().all(|&n| n > 100), "outcomes (completed, compensated, failed): {outcomes:?}");
+    assert!(fences[..4].iter().all(|&n| n > 100), "fences (duplicate, stale, out of order, terminal): {fences:?}");
+    assert_eq!((outcomes[8], fences[4]), (0, 0), "no operator, no resolution and nothing refused to one");
+}
+
+#[test]
+fn thousands_of_random_sagas_with_operators_acting_in_every_phase_keep_the_invariants() {
+    let Totals { outcomes, fences, phases_seen, operator_applied, operator_refused } = simulate_many(OPERATOR_RATE);
     assert!(phases_seen.iter().all(|&seen| seen), "phases seen: {phases_seen:?}");
-    assert!(outcomes[5..].iter().all(|&n| n > 100), "outcomes (completed, compensated, failed): {outcomes:?}");
-    assert!(fences.iter().all(|&n| n > 100), "fences (duplicate, stale, out of order, terminal): {fences:?}");
+    assert_eq!(outcomes[7], 0, "an operator acts on every parked saga eventually: {outcomes:?}");
+    let [completed, compensated, resolved] = [outcomes[5], outcomes[6], outcomes[8]];
+    assert!(completed > 100 && compensated > 100 && resolved > 100, "outcomes: {outcomes:?}");
+    assert!(
+        fences.iter().all(|&n| n > 100),
+        "fences (duplicate, stale, out of order, terminal, not allowed): {fences:?}"
+    );
+
+    // Every action reached every phase, and was applied exactly where the operator semantics allow it:
+    // (STARTED, RUNNING, BACKOFF, COMPENSATING, COMPENSATION_BACKOFF, COMPLETED, COMPENSATED, FAILED, RESOLVED).
+    let allowed = [
+        [true, true, true, true, true, false, false, true, false],
+        [true, true, true, false, false, false, false, true, false],
+        [false, false, false, false, false, false, false, true, false],
+    ];
+    for (a, action) in ["retry", "compensate", "resolve"].into_iter().enumerate() {
+        for p in 0..9 {
+            let (applied, refused) = (operator_applied[a][p], operator_refused[a][p]);
+            assert!(applied + refused >= 20, "{action} in phase {p}: applied {applied}, refused {refused}");
+            let allow = allowed[a][p];
+            assert_eq!(
+                (applied > 0, refused > 0),
+                (allow, !allow),
+                "{action} in phase {p}: {applied} applied, {refused} refused"
+            );
+        }
+    }
 }
 
 #[test]

@@ -22,6 +22,21 @@ pub fn bin_dir() -> PathBuf {
     std::env::var_os("SAGA_BIN_DIR").map_or_else(|| repo_dir().join("target/debug"), PathBuf::from)
 }
 
+/// A token of the development issuer for `subject` with the operator role (the services run with the
+/// built-in development secret).
+pub fn operator_token(subject: &str) -> String {
+    use orchestrator::auth::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWT_SECRET, Role, claims, mint_hs256};
+    mint_hs256(DEV_JWT_SECRET, &claims(subject, &[Role::Operator], DEV_ISSUER, DEV_AUDIENCE, 3600))
+}
+
+/// An HTTP client that sends `token` as its bearer token.
+pub fn http_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {token}").parse().expect("a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(headers).build().expect("HTTP client")
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released, so a tiny race remains).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
@@ -211,7 +226,7 @@ impl Stack {
             inventory: service("inventory", &[]),
             payment: service("payment", &[]),
             shipping: service("shipping", &[]),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client"),
+            http: http_client(&operator_token("e2e-operator")),
             mongo: mongo_settings.client("e2e-tests").await.expect("database client"),
             kafka,
             id,

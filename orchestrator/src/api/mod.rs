@@ -8,6 +8,9 @@ use axum::routing::{get, post};
 use platform::http::{Readiness, ops_router};
 use prometheus_client::registry::Registry;
 
+use axum::middleware::from_fn_with_state;
+
+use crate::auth::{self, Authenticator, Caller, Role};
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::customer_ref::CustomerRefs;
@@ -15,6 +18,7 @@ use crate::definitions::Definitions;
 use crate::metrics::Metrics;
 use crate::store::SagaStore;
 
+pub mod admin;
 pub mod extract;
 pub mod orders;
 pub mod problem;
@@ -36,14 +40,30 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Partitions of the reply topic, to compute a new saga's partition.
     pub reply_partitions: i32,
+    /// Verifies bearer tokens.
+    pub authenticator: Arc<Authenticator>,
 }
 
-/// The order API.
+/// The order API (customers and operators) and the admin API (operators), behind authentication.
 pub fn api_router(state: AppState) -> Router {
-    Router::new()
+    let anyone: &'static [Role] = &[Role::Customer, Role::Operator];
+    let operators: &'static [Role] = &[Role::Operator];
+    let orders = Router::new()
         .route("/v1/orders", post(orders::place_order))
         .route("/v1/orders/{order_id}", get(orders::get_order))
-        .with_state(state)
+        .route_layer(from_fn_with_state((state.authenticator.clone(), anyone), auth::require));
+    let admin = Router::new()
+        .route("/admin/whoami", get(whoami))
+        .route("/admin/sagas", get(admin::list_sagas))
+        .route("/admin/sagas/{saga_id}", get(admin::get_saga))
+        .route("/admin/sagas/{saga_id}/{action}", post(admin::act))
+        .route_layer(from_fn_with_state((state.authenticator.clone(), operators), auth::require));
+    orders.merge(admin).with_state(state)
+}
+
+/// Who the token says the caller is (lets operators check a token).
+async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "subject": caller.subject, "roles": caller.roles }))
 }
 
 /// The whole HTTP interface: the API and the operations endpoints.

@@ -1,5 +1,6 @@
 //! The public order API: place an order (which starts its saga) and read its status.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::json_body;
 use super::problem::{FieldError, Problem};
+use crate::auth::{Caller, Role};
 use crate::model::{EntryKind, LogEntry, OrderLine, OrderPii, OrderSummary, OutboxEntry, Outgoing, SagaRecord};
 use crate::store::{Claim, Error as StoreError};
 
@@ -116,8 +118,13 @@ pub struct OrderView {
 /// Places an order: stores it and its saga, then starts the saga. Answers 202 with the order id; with an
 /// `Idempotency-Key`, a retried request answers with the same order instead of placing another.
 #[tracing::instrument(skip_all, fields(order_id))]
-pub async fn place_order(State(app): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    match place(&app, &headers, &body).await {
+pub async fn place_order(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match place(&app, &caller, &headers, &body).await {
         Ok((placed, fresh)) => {
             let status = if fresh { StatusCode::ACCEPTED } else { StatusCode::OK };
             let location = HeaderValue::from_str(&placed.href).expect("an href is a valid header value");
@@ -127,8 +134,13 @@ pub async fn place_order(State(app): State<AppState>, headers: HeaderMap, body: 
     }
 }
 
-async fn place(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(Placed, bool), Problem> {
+async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> Result<(Placed, bool), Problem> {
     let order: PlaceOrder = json_body(headers, body)?;
+    if !caller.is(Role::Operator) && order.customer_id != caller.subject {
+        return Err(Problem::forbidden(
+            "a customer can place orders only for themselves (customer_id must be the token's subject)",
+        ));
+    }
     let amount_cents = total(&order)?;
     let customer_ref = app.customer_refs.of(&order.customer_id);
     let key = idempotency_key(headers)?;
@@ -296,11 +308,26 @@ fn placed(saga: &SagaRecord) -> Placed {
     }
 }
 
-/// Reads an order's status and its saga's state.
-pub async fn get_order(State(app): State<AppState>, Path(order_id): Path<String>) -> Result<Json<OrderView>, Problem> {
+/// The order `order_id` if the caller may see it: operators see every order, customers their own. Someone
+/// else's order is reported as missing, so that order ids cannot be probed.
+pub async fn visible_order(app: &AppState, caller: &Caller, order_id: &str) -> Result<SagaRecord, Problem> {
     let not_found = || Problem::not_found(format!("no order {order_id}"));
-    let id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
+    let id = Uuid::parse_str(order_id).map_err(|_| not_found())?;
     let saga = app.store.get(id).await?.ok_or_else(not_found)?;
+    if caller.is(Role::Operator) || saga.order.customer_ref == app.customer_refs.of(&caller.subject) {
+        Ok(saga)
+    } else {
+        Err(not_found())
+    }
+}
+
+/// Reads an order's status and its saga's state.
+pub async fn get_order(
+    State(app): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(order_id): Path<String>,
+) -> Result<Json<OrderView>, Problem> {
+    let saga = visible_order(&app, &caller, &order_id).await?;
     let definition = app.definitions.get(&saga.definition, saga.definition_version);
     let at = saga.state.phase.step_attempt();
     let step = at.and_then(|(s, _)| definition.and_then(|d| d.step(s))).map(|s| s.name.to_owned());

@@ -43,6 +43,36 @@ impl Problem {
         problem
     }
 
+    /// 401: no valid credentials.
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "/problems/unauthorized", "Unauthorized", detail)
+    }
+
+    /// 403: valid credentials without the right to do this.
+    pub fn forbidden(detail: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "/problems/forbidden", "Forbidden", detail)
+    }
+
+    /// 409: the action does not apply to the resource in its current state.
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "/problems/conflict", "Conflict", detail)
+    }
+
+    /// 412: the resource changed since the version the caller saw (`If-Match`).
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_FAILED, "/problems/stale-version", "Precondition failed", detail)
+    }
+
+    /// 428: the request must say which version it acts on (`If-Match`).
+    pub fn precondition_required(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PRECONDITION_REQUIRED, "/problems/if-match-required", "Precondition required", detail)
+    }
+
+    /// 504: the action was accepted but its outcome was not seen in time.
+    pub fn timeout(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "/problems/timeout", "Outcome not seen in time", detail)
+    }
+
     /// 404: no such resource (or not yours to see).
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "/problems/not-found", "Not found", detail)

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use saga_defs::Phase;
 use uuid::Uuid;
 
-use super::{Claim, Due, Error, SagaStore};
+use super::{Claim, Due, Error, SagaFilter, SagaStore};
 use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
@@ -102,7 +102,22 @@ impl SagaStore for MemoryStore {
 
     async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error> {
         let inner = self.lock();
-        Ok(inner.log.range((saga_id, 0)..=(saga_id, u64::MAX)).map(|(_, e)| e.clone()).collect())
+        let mut entries: Vec<LogEntry> =
+            inner.log.range((saga_id, 0)..=(saga_id, u64::MAX)).map(|(_, e)| e.clone()).collect();
+        if let Some(saga) = inner.sagas.get(&saga_id) {
+            let pending = saga.pending_log.iter().filter(|p| !entries.iter().any(|e| e.seq == p.seq)).cloned();
+            entries.extend(pending.collect::<Vec<_>>());
+        }
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries)
+    }
+
+    async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
+        Ok(self.lock().log.get(&(saga_id, seq)).cloned())
+    }
+
+    async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error> {
+        Ok(self.lock().sagas.values().filter(|s| filter.admits(s)).take(limit).cloned().collect())
     }
 
     async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {

@@ -61,6 +61,33 @@ pub struct Due {
     pub correlation_id: Uuid,
 }
 
+/// Which sagas an operator lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SagaFilter {
+    /// In this state (`RUNNING`, ...).
+    pub state: Option<String>,
+    /// At this step index.
+    pub step: Option<u16>,
+    /// Of this definition.
+    pub definition: Option<String>,
+    /// In their state since before this instant ("stuck for longer than").
+    pub since_before: Option<DateTime<Utc>>,
+    /// With an id after this one (pagination: ids grow with creation time).
+    pub after: Option<Uuid>,
+}
+
+impl SagaFilter {
+    /// Whether `saga` passes the filter.
+    pub fn admits(&self, saga: &SagaRecord) -> bool {
+        let step = saga.state.phase.step_attempt().map(|(s, _)| s);
+        self.state.as_deref().is_none_or(|s| s == saga.state.phase.name())
+            && self.step.is_none_or(|s| Some(s) == step)
+            && self.definition.as_deref().is_none_or(|d| d == saga.definition)
+            && self.since_before.is_none_or(|t| saga.state_since < t)
+            && self.after.is_none_or(|a| saga.id > a)
+    }
+}
+
 /// Where sagas live.
 #[async_trait]
 pub trait SagaStore: Send + Sync + std::fmt::Debug {
@@ -83,8 +110,14 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// Appends timeline entries; entries already there (same saga and seq) are skipped.
     async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error>;
 
-    /// The saga's timeline, oldest first.
+    /// The saga's timeline, oldest first, including entries not flushed to the log yet.
     async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error>;
+
+    /// The timeline entry with sequence number `seq`, if it was flushed to the log.
+    async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error>;
+
+    /// Sagas passing `filter`, by id, at most `limit` (an operator's query; it may scan).
+    async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error>;
 
     /// Sagas in `partitions` whose deadline is at or before `now`, earliest first, at most `limit`.
     async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error>;

@@ -14,12 +14,12 @@ use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use platform::mongo::{Flavor, ensure_indexes};
-use saga_defs::{Deadline, Phase, SagaState};
+use saga_defs::{Deadline, Phase, Resolution, SagaState};
 use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 use uuid::Uuid;
 
-use super::{Claim, Due, Error, SagaStore};
+use super::{Claim, Due, Error, SagaFilter, SagaStore};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
@@ -32,7 +32,7 @@ use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     sagas: Collection<SagaDoc>,
-    log: Collection<LogEntry>,
+    log: Collection<LogDoc>,
     pii: Collection<PiiDoc>,
     keys: Collection<KeyDoc>,
     flavor: Flavor,
@@ -89,6 +89,12 @@ struct SagaDoc {
     phase: Phase,
     status: String,
     reason: Option<String>,
+    #[serde(default)]
+    parked_at: Option<Phase>,
+    #[serde(default)]
+    attempt_floor: u32,
+    #[serde(default)]
+    resolution: Option<Resolution>,
     deadline: Option<Deadline>,
     /// The deadline as a BSON date, for the timer query.
     #[serde_as(as = "Option<FromChrono04DateTime>")]
@@ -119,6 +125,9 @@ impl From<&SagaRecord> for SagaDoc {
             phase: saga.state.phase,
             status: saga.status().as_str().to_owned(),
             reason: saga.state.reason.clone(),
+            parked_at: saga.state.parked_at,
+            attempt_floor: saga.state.attempt_floor,
+            resolution: saga.state.resolution,
             deadline: saga.state.deadline,
             deadline_at: saga.state.deadline.map(|d| d.at),
             partition: saga.partition,
@@ -148,7 +157,14 @@ impl TryFrom<SagaDoc> for SagaRecord {
             definition_version: u32::try_from(doc.definition_version)
                 .map_err(|e| corrupt(format!("definition_version: {e}")))?,
             definition: doc.definition,
-            state: SagaState { phase: doc.phase, deadline: doc.deadline, reason: doc.reason },
+            state: SagaState {
+                phase: doc.phase,
+                deadline: doc.deadline,
+                reason: doc.reason,
+                parked_at: doc.parked_at,
+                attempt_floor: doc.attempt_floor,
+                resolution: doc.resolution,
+            },
             partition: doc.partition,
             correlation_id,
             order: doc.order,
@@ -159,6 +175,20 @@ impl TryFrom<SagaDoc> for SagaRecord {
             pending_log: doc.pending_log,
         })
     }
+}
+
+/// A timeline entry, stored under a key made of its saga and sequence number, so that it can be read by
+/// `_id` alone.
+#[derive(Debug, Serialize, Deserialize)]
+struct LogDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(flatten)]
+    entry: LogEntry,
+}
+
+fn log_id(saga_id: Uuid, seq: u64) -> String {
+    format!("{saga_id}:{seq:012}")
 }
 
 #[serde_as]
@@ -265,21 +295,60 @@ impl SagaStore for MongoStore {
         if entries.is_empty() {
             return Ok(());
         }
-        match self.log.insert_many(entries).ordered(false).await {
+        let docs: Vec<LogDoc> =
+            entries.iter().map(|e| LogDoc { id: log_id(e.saga_id, e.seq), entry: e.clone() }).collect();
+        match self.log.insert_many(docs).ordered(false).await {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate_key(&e) => Ok(()),
             Err(e) => Err(db("append to saga_log")(e)),
         }
     }
 
+    /// Reads the entries one `_id` at a time up to the saga's version (FerretDB answers only exact `_id`
+    /// lookups from an index), then adds the entries not flushed yet.
     async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error> {
+        let Some(saga) = self.get(saga_id).await? else { return Ok(Vec::new()) };
+        let mut entries = Vec::new();
+        for seq in 1..=saga.version {
+            if let Some(entry) = self.log_entry(saga_id, seq).await? {
+                entries.push(entry);
+            } else if let Some(pending) = saga.pending_log.iter().find(|e| e.seq == seq) {
+                entries.push(pending.clone());
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
+        let found = self.log.find_one(doc! { "_id": log_id(saga_id, seq) }).await.map_err(db("read saga_log"))?;
+        Ok(found.map(|d| d.entry))
+    }
+
+    async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error> {
+        let mut query = Document::new();
+        if let Some(state) = &filter.state {
+            query.insert("state", state.as_str());
+        }
+        if let Some(step) = filter.step {
+            query.insert("phase.step", i32::from(step));
+        }
+        if let Some(definition) = &filter.definition {
+            query.insert("definition", definition.as_str());
+        }
+        if let Some(before) = filter.since_before {
+            query.insert("state_since", doc! { "$lt": bson_date(before) });
+        }
+        if let Some(after) = filter.after {
+            query.insert("_id", doc! { "$gt": after.to_string() });
+        }
         let cursor = self
-            .log
-            .find(doc! { "saga_id": saga_id.to_string() })
-            .sort(doc! { "seq": 1 })
+            .sagas
+            .find(query)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
-            .map_err(db("read saga_log"))?;
-        collect(cursor, "read saga_log").await
+            .map_err(db("list sagas"))?;
+        collect(cursor, "list sagas").await?.into_iter().map(SagaRecord::try_from).collect()
     }
 
     async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {

@@ -12,6 +12,7 @@ use axum::body::Body as HttpBody;
 use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use orchestrator::api::{AppState, api_router};
+use orchestrator::auth::{Authenticator, DEV_AUDIENCE, DEV_ISSUER, KeySettings, Role, claims, mint_hs256};
 use orchestrator::bus::{self, Bus, MemoryBus};
 use orchestrator::clock::{Clock, ManualClock};
 use orchestrator::customer_ref::CustomerRefs;
@@ -151,6 +152,10 @@ impl Harness {
             customer_refs: refs.clone(),
             metrics: metrics.clone(),
             reply_partitions: REPLY_PARTITIONS,
+            authenticator: Arc::new(
+                Authenticator::new(&KeySettings::Hs256 { secret: JWT_SECRET.to_owned() }, DEV_ISSUER, DEV_AUDIENCE)
+                    .expect("an HS256 authenticator"),
+            ),
         };
         Self {
             store,
@@ -170,8 +175,12 @@ impl Harness {
         self.clock.now()
     }
 
-    /// Sends `request` through the API router.
-    pub async fn request(&self, request: Request<HttpBody>) -> Answer {
+    /// Sends `request` through the API router, as an operator unless it carries its own `Authorization`.
+    pub async fn request(&self, mut request: Request<HttpBody>) -> Answer {
+        if !request.headers().contains_key(header::AUTHORIZATION) {
+            let bearer = format!("Bearer {}", token("ops-alice", &[Role::Operator]));
+            request.headers_mut().insert(header::AUTHORIZATION, bearer.parse().expect("a header value"));
+        }
         let response = self.router.clone().oneshot(request).await.expect("the router is infallible");
         let header = |name: header::HeaderName| {
             response.headers().get(name).map(|v| v.to_str().expect("ASCII header").to_owned())
@@ -262,4 +271,12 @@ pub fn command_kind(message: &Message) -> CommandKind {
         Body::Command(command) => command.kind(),
         other => panic!("not a command: {other:?}"),
     }
+}
+
+/// The HS256 secret the test API verifies tokens with.
+pub const JWT_SECRET: &str = "test-only-jwt-secret-at-least-32-characters";
+
+/// A token for `subject` with `roles`, valid for a minute.
+pub fn token(subject: &str, roles: &[Role]) -> String {
+    mint_hs256(JWT_SECRET, &claims(subject, roles, DEV_ISSUER, DEV_AUDIENCE, 60))
 }
