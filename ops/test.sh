@@ -42,7 +42,7 @@ step "infrastructure tests: Kafka and the database through the client crates"
 cargo test -p tests --locked --quiet --test kafka --test mongo
 
 step "end-to-end: the real binaries on the real Kafka and database"
-cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults
+cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults --test saga_live
 cargo test -p tests --locked --quiet --test saga_load -- --nocapture
 
 step "database restart (alone: it restarts the shared database)"

@@ -7,6 +7,7 @@ use platform::kafka::KafkaSettings;
 use platform::mongo::MongoSettings;
 
 use crate::auth::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWT_SECRET, KeySettings};
+use crate::retention::RetentionSettings;
 use crate::timers::TimerSettings;
 
 /// The key used for customer references when none is configured; fine for development only.
@@ -37,6 +38,8 @@ pub struct Settings {
     pub jwt_issuer: String,
     /// `JWT_AUDIENCE`, default `saga-api`.
     pub jwt_audience: String,
+    /// `PII_RETENTION_HOURS` (default 720) and `PII_SWEEP_INTERVAL_SECS` (default 3600).
+    pub retention: RetentionSettings,
 }
 
 impl Settings {
@@ -61,6 +64,10 @@ impl Settings {
             jwt_keys: jwt_keys()?,
             jwt_issuer: config::string("JWT_ISSUER", DEV_ISSUER),
             jwt_audience: config::string("JWT_AUDIENCE", DEV_AUDIENCE),
+            retention: RetentionSettings {
+                keep_for: Duration::from_secs(config::parsed::<u64>("PII_RETENTION_HOURS", 720)?.saturating_mul(3600)),
+                interval: Duration::from_secs(config::parsed::<u64>("PII_SWEEP_INTERVAL_SECS", 3600)?.max(1)),
+            },
         };
         settings.validate()?;
         Ok(settings)

@@ -6,6 +6,7 @@
 //! - [`engine`]: applies a message to its saga: transition, durable write, outbox flush.
 //! - [`consumer`]: the `saga.reply` consumer, partition ownership and recovery.
 //! - [`timers`]: turns passed deadlines into messages on the saga's partition.
+//! - [`dlq`]: lists dead-lettered messages and replays them to their original topic.
 //! - Ports: [`store`] (MongoDB | memory), [`bus`] (Kafka | memory), [`clock`] (system | manual).
 //! - [`Application`]: wiring, start-up and graceful shutdown.
 
@@ -29,9 +30,12 @@ pub mod config;
 pub mod consumer;
 pub mod customer_ref;
 pub mod definitions;
+pub mod dlq;
 pub mod engine;
+pub mod live;
 pub mod metrics;
 pub mod model;
+pub mod retention;
 pub mod store;
 pub mod timers;
 
@@ -58,6 +62,9 @@ pub struct Application {
     router: axum::Router,
     consumer: ReplyConsumer,
     timer: Timer,
+    live: Arc<live::LiveEvents>,
+    retention: retention::Retention,
+    kafka: platform::kafka::KafkaSettings,
 }
 
 impl Application {
@@ -98,6 +105,9 @@ impl Application {
             metrics.clone(),
         )?;
         let timer = Timer::new(store.clone(), bus.clone(), clock.clone(), ownership, deadlines, settings.timer);
+        let live = Arc::new(live::LiveEvents::default());
+        let retention =
+            retention::Retention::new(store.clone(), clock.clone(), settings.retention, metrics.pii_purged.clone());
         let state = AppState {
             store: api_store,
             bus,
@@ -110,13 +120,20 @@ impl Application {
                 auth::Authenticator::new(&settings.jwt_keys, &settings.jwt_issuer, &settings.jwt_audience)
                     .context("the JWT key")?,
             ),
+            live: live.clone(),
+            dead_letters: Some(Arc::new(dlq::DeadLetters::new(
+                &settings.kafka,
+                publisher.clone(),
+                &api_client.database(&settings.mongo.database),
+                Arc::new(SystemClock),
+            ))),
         };
         let readiness = Readiness::new("orchestrator", Duration::from_secs(2))
             .with_kafka(publisher.producer().clone())
             .with_mongo(api_client);
         let router = api::router(state, readiness, Arc::new(registry));
         let listener = platform::http::bind(&settings.http_addr).await?;
-        Ok(Self { listener, router, consumer, timer })
+        Ok(Self { listener, router, consumer, timer, live, retention, kafka: settings.kafka.clone() })
     }
 
     /// The port the HTTP interface listens on.
@@ -128,7 +145,14 @@ impl Application {
     /// lets running work finish for a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = JoinSet::new();
-        let (s1, s2, s3) = (shutdown.clone(), shutdown.clone(), shutdown.clone());
+        let (s1, s2, s3, s4) = (shutdown.clone(), shutdown.clone(), shutdown.clone(), shutdown.clone());
+        let (kafka, live) = (self.kafka, self.live);
+        tasks.spawn(async move { ("live events", live::run(kafka, live, s4).await) });
+        let (retention, s5) = (self.retention, shutdown.clone());
+        tasks.spawn(async move {
+            retention.run(s5).await;
+            ("retention", Ok(()))
+        });
         tasks.spawn(async move {
             ("http", platform::http::serve(self.listener, self.router, s1).await.map_err(Into::into))
         });

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub dead_letters: Family<TopicLabel, Counter>,
     /// Seconds from order creation to a terminal status.
     pub order_seconds: Histogram,
+    /// Orders whose personal data was deleted by the retention sweep.
+    pub pii_purged: Counter,
 }
 
 impl Metrics {
@@ -57,6 +59,7 @@ impl Metrics {
             published: Family::default(),
             dead_letters: Family::default(),
             order_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 16)),
+            pii_purged: Counter::default(),
         };
         let saga = registry.sub_registry_with_prefix("saga");
         saga.register("created", "Sagas created through the order API", metrics.sagas_created.clone());
@@ -65,6 +68,11 @@ impl Metrics {
         saga.register("fenced_messages", "Messages ignored by reply fencing, by reason", metrics.fenced.clone());
         saga.register("published_messages", "Messages published by topic", metrics.published.clone());
         saga.register("dead_letters", "Messages dead-lettered by source topic", metrics.dead_letters.clone());
+        saga.register(
+            "pii_purged",
+            "Orders whose personal data the retention sweep deleted",
+            metrics.pii_purged.clone(),
+        );
         saga.register(
             "order_duration_seconds",
             "Seconds from order creation to a terminal status",

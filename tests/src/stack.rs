@@ -256,6 +256,28 @@ impl Stack {
         }
     }
 
+    /// Starts a second orchestrator instance (same group, topics and database, its own port and log) and
+    /// waits until it is ready.
+    pub async fn start_second_orchestrator(&self) -> Service {
+        let mut env = self.orchestrator.env.clone();
+        env.remove("HTTP_ADDR");
+        let log = self.orchestrator.log.with_file_name("orchestrator-2.log");
+        let mut second = Service::new("orchestrator", env, log);
+        second.start(&self.http).await;
+        second
+    }
+
+    /// Asserts that no service's log contains any of `needles` (personal data must never be logged).
+    pub fn assert_logs_free_of(&self, needles: &[&str]) {
+        for service in [&self.orchestrator, &self.inventory, &self.payment, &self.shipping] {
+            let log = std::fs::read_to_string(service.log()).unwrap_or_default();
+            assert!(!log.is_empty(), "{} has an empty log: is logging on?", service.name);
+            for needle in needles {
+                assert!(!log.contains(needle), "{} logged {needle:?} ({})", service.name, service.log().display());
+            }
+        }
+    }
+
     /// The database of service `name`.
     pub fn database(&self, name: &str) -> Database {
         self.mongo.database(&format!("{}_{name}", self.id))

@@ -71,6 +71,9 @@ async fn every_business_outcome_ends_as_the_definition_prescribes() {
     assert_eq!(stack.stock("SKU-C").await, 10);
     assert_eq!(stack.stock("SKU-D").await, 10);
     assert_eq!(stack.stock("SKU-SCARCE").await, 1);
+
+    // Personal data never reaches a log line.
+    stack.assert_logs_free_of(&["Ada Lovelace", "ada@example.com", "1 Main St", "tok_visa", "tok_decline"]);
     stack.cleanup().await;
 }
 

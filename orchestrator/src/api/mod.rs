@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::store::SagaStore;
 
 pub mod admin;
+pub mod dlq;
+pub mod events;
 pub mod extract;
 pub mod orders;
 pub mod problem;
@@ -42,6 +44,11 @@ pub struct AppState {
     pub reply_partitions: i32,
     /// Verifies bearer tokens.
     pub authenticator: Arc<Authenticator>,
+    /// Lists and replays dead letters; `None` where the orchestrator runs without Kafka and a database (the
+    /// in-memory test harness): the dead-letter routes then answer 503.
+    pub dead_letters: Option<Arc<crate::dlq::DeadLetters>>,
+    /// Status changes of every order, for server-sent events.
+    pub live: Arc<crate::live::LiveEvents>,
 }
 
 /// The order API (customers and operators) and the admin API (operators), behind authentication.
@@ -51,12 +58,15 @@ pub fn api_router(state: AppState) -> Router {
     let orders = Router::new()
         .route("/v1/orders", post(orders::place_order))
         .route("/v1/orders/{order_id}", get(orders::get_order))
+        .route("/v1/orders/{order_id}/events", get(events::order_events))
         .route_layer(from_fn_with_state((state.authenticator.clone(), anyone), auth::require));
     let admin = Router::new()
         .route("/admin/whoami", get(whoami))
         .route("/admin/sagas", get(admin::list_sagas))
         .route("/admin/sagas/{saga_id}", get(admin::get_saga))
         .route("/admin/sagas/{saga_id}/{action}", post(admin::act))
+        .route("/admin/dlq", get(dlq::list))
+        .route("/admin/dlq/replay", post(dlq::replay))
         .route_layer(from_fn_with_state((state.authenticator.clone(), operators), auth::require));
     orders.merge(admin).with_state(state)
 }

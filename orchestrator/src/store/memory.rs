@@ -166,6 +166,29 @@ impl SagaStore for MemoryStore {
         Ok(self.lock().pii.get(&order_id).cloned())
     }
 
+    async fn purge_pii(&self, order_id: Uuid) -> Result<bool, Error> {
+        Ok(self.lock().pii.remove(&order_id).is_some())
+    }
+
+    async fn finished_between(
+        &self,
+        after: Option<DateTime<Utc>>,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
+        let inner = self.lock();
+        let finished = |s: &&SagaRecord| {
+            matches!(s.state.phase, Phase::Completed | Phase::Compensated | Phase::Resolved)
+                && s.updated_at < before
+                && after.is_none_or(|a| s.updated_at > a)
+        };
+        let mut found: Vec<(Uuid, DateTime<Utc>)> =
+            inner.sagas.values().filter(finished).map(|s| (s.id, s.updated_at)).collect();
+        found.sort_by_key(|(id, at)| (*at, *id));
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {
         let mut inner = self.lock();
         if let Some((order_id, request_hash)) = inner.keys.get(key) {

@@ -139,6 +139,19 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// The order's personal data, unless purged.
     async fn get_pii(&self, order_id: Uuid) -> Result<Option<OrderPii>, Error>;
 
+    /// Deletes the order's personal data; returns whether there was any.
+    async fn purge_pii(&self, order_id: Uuid) -> Result<bool, Error>;
+
+    /// Sagas that finished for good (COMPLETED, COMPENSATED, RESOLVED; not a parked FAILED, which an
+    /// operator may still need to act on) and last changed after `after` (if given) and before `before`,
+    /// oldest change first, at most `limit`, with the time of their last change.
+    async fn finished_between(
+        &self,
+        after: Option<DateTime<Utc>>,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error>;
+
     /// Claims `key` for `order_id` (a new order of request `request_hash`), or says who has it.
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
 }

@@ -421,6 +421,41 @@ impl SagaStore for MongoStore {
         Ok(found.map(|d| d.pii))
     }
 
+    async fn purge_pii(&self, order_id: Uuid) -> Result<bool, Error> {
+        let result = self.pii.delete_one(doc! { "_id": order_id.to_string() }).await.map_err(db("purge order data"))?;
+        Ok(result.deleted_count == 1)
+    }
+
+    async fn finished_between(
+        &self,
+        after: Option<DateTime<Utc>>,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
+        let mut updated = doc! { "$lt": bson_date(before) };
+        if let Some(after) = after {
+            updated.insert("$gt", bson_date(after));
+        }
+        let filter = doc! { "state": { "$in": ["COMPLETED", "COMPENSATED", "RESOLVED"] }, "updated_at": updated };
+        let cursor = self
+            .sagas
+            .clone_with_type::<Document>()
+            .find(filter)
+            .projection(doc! { "_id": 1, "updated_at": 1 })
+            .sort(doc! { "updated_at": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(db("find finished sagas"))?;
+        let docs = collect(cursor, "find finished sagas").await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                let id = Uuid::parse_str(d.get_str("_id").ok()?).ok()?;
+                Some((id, d.get_datetime("updated_at").ok()?.to_chrono()))
+            })
+            .collect())
+    }
+
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {
         let doc = KeyDoc {
             key: key.to_owned(),

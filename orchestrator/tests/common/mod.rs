@@ -128,6 +128,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::with_dead_letters(None)
+    }
+
+    /// The harness, with the dead-letter routes over `dead_letters` (real Kafka and database).
+    pub fn with_dead_letters(dead_letters: Option<Arc<orchestrator::dlq::DeadLetters>>) -> Self {
         let store = Arc::new(MemoryStore::new());
         let bus = Arc::new(TestBus::default());
         let clock = Arc::new(ManualClock::new(t0()));
@@ -156,6 +161,8 @@ impl Harness {
                 Authenticator::new(&KeySettings::Hs256 { secret: JWT_SECRET.to_owned() }, DEV_ISSUER, DEV_AUDIENCE)
                     .expect("an HS256 authenticator"),
             ),
+            live: Arc::new(orchestrator::live::LiveEvents::default()),
+            dead_letters,
         };
         Self {
             store,

@@ -1,0 +1,77 @@
+//! Retention of personal data: the orders' names, emails, addresses and payment tokens (`orders_pii`) are
+//! deleted once the order has finished for good and a configurable period has passed. Sagas, timelines and
+//! events never held them. A parked (FAILED) order keeps them until an operator resolves it.
+//!
+//! Every instance may run the sweep: deleting by `_id` is idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use prometheus_client::metrics::counter::Counter;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::store::SagaStore;
+
+/// How personal data is retained.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionSettings {
+    /// How long after an order finished its personal data is kept (`PII_RETENTION_HOURS`, default 720).
+    pub keep_for: Duration,
+    /// How often to sweep (`PII_SWEEP_INTERVAL_SECS`, default 3600).
+    pub interval: Duration,
+}
+
+/// Deletes the personal data of orders finished longer ago than the retention period.
+#[derive(Debug)]
+pub struct Retention {
+    store: Arc<dyn SagaStore>,
+    clock: Arc<dyn Clock>,
+    settings: RetentionSettings,
+    purged: Counter,
+    /// The last change time swept so far: later sweeps start after it (a restart sweeps everything once).
+    swept_up_to: tokio::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl Retention {
+    /// A sweeper over `store`, counting purges in `purged`.
+    pub fn new(store: Arc<dyn SagaStore>, clock: Arc<dyn Clock>, settings: RetentionSettings, purged: Counter) -> Self {
+        Self { store, clock, settings, purged, swept_up_to: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Sweeps every interval until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.settings.interval);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "deleted the personal data of finished orders"),
+                Err(error) => tracing::warn!(%error, "personal data sweep failed; retrying at the next interval"),
+            }
+        }
+    }
+
+    /// One sweep; returns how many orders' personal data were deleted.
+    pub async fn sweep(&self) -> Result<usize, crate::store::Error> {
+        let keep = TimeDelta::from_std(self.settings.keep_for).unwrap_or(TimeDelta::MAX);
+        let cutoff = self.clock.now() - keep;
+        let mut swept_up_to = self.swept_up_to.lock().await;
+        let mut purged = 0;
+        loop {
+            let batch = self.store.finished_between(*swept_up_to, cutoff, 1000).await?;
+            let Some(&(_, last)) = batch.last() else { return Ok(purged) };
+            for (order_id, _) in &batch {
+                if self.store.purge_pii(*order_id).await? {
+                    purged += 1;
+                    self.purged.inc();
+                }
+            }
+            *swept_up_to = Some(last);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The personal-data retention sweep: it deletes the personal data of orders that finished for good longer
+//! ago than the retention period, keeps that of parked and running orders, and is cheap to repeat.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use orchestrator::retention::{Retention, RetentionSettings};
+use orchestrator::store::SagaStore;
+use prometheus_client::metrics::counter::Counter;
+use saga_defs::Phase;
+use uuid::Uuid;
+
+use common::Harness;
+
+const KEEP: Duration = Duration::from_secs(3600);
+
+/// Places an order and moves its saga to `phase`, last changed `age` ago.
+async fn order_in(h: &Harness, phase: Phase, age: TimeDelta) -> Uuid {
+    let id = h.place().await;
+    let mut saga = h.record(id).await;
+    let version = saga.version;
+    saga.version += 1;
+    saga.state.phase = phase;
+    saga.updated_at = h.now() - age;
+    h.store.replace(&saga, version).await.expect("replace");
+    id
+}
+
+#[tokio::test]
+async fn personal_data_of_orders_finished_longer_ago_than_the_period_is_deleted_once() {
+    let h = Harness::new();
+    let long_ago = TimeDelta::hours(2);
+    let old_completed = order_in(&h, Phase::Completed, long_ago).await;
+    let old_cancelled = order_in(&h, Phase::Compensated, long_ago).await;
+    let old_resolved = order_in(&h, Phase::Resolved, long_ago).await;
+    let old_parked = order_in(&h, Phase::Failed, long_ago).await;
+    let old_running = order_in(&h, Phase::Running { step: 1, attempt: 1 }, long_ago).await;
+    let recent = order_in(&h, Phase::Completed, TimeDelta::minutes(5)).await;
+
+    let purged = Counter::default();
+    let store: Arc<dyn SagaStore> = h.store.clone();
+    let retention =
+        Retention::new(store, h.clock.clone(), RetentionSettings { keep_for: KEEP, interval: KEEP }, purged.clone());
+    assert_eq!(retention.sweep().await.expect("sweep"), 3);
+    for id in [old_completed, old_cancelled, old_resolved] {
+        assert_eq!(h.store.get_pii(id).await.expect("read"), None, "purged {id}");
+    }
+    for id in [old_parked, old_running, recent] {
+        assert!(h.store.get_pii(id).await.expect("read").is_some(), "kept {id}");
+    }
+    assert_eq!(retention.sweep().await.expect("sweep again"), 0, "nothing twice");
+
+    h.clock.advance(TimeDelta::hours(1));
+    assert_eq!(retention.sweep().await.expect("sweep later"), 1, "the recent order's period ended");
+    assert_eq!(h.store.get_pii(recent).await.expect("read"), None);
+    assert_eq!(purged.get(), 4);
+}
