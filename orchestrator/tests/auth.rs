@@ -93,3 +93,54 @@ async fn the_admin_api_needs_the_operator_role() {
     let nobody = as_bearer(&h, Request::get("/v1/orders/x"), Some(&token("someone", &[])), None).await;
     assert_eq!(nobody.status, StatusCode::FORBIDDEN, "a token without roles reaches nothing");
 }
+
+/// RS256 and ES256: tokens signed with the private key verify with the configured public key, and not with
+/// the other algorithm's key or a token signed by another key.
+#[test]
+fn public_key_tokens_verify_with_the_configured_key_only() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use orchestrator::auth::{Authenticator, KeySettings};
+
+    let key =
+        |name: &str| std::fs::read_to_string(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).expect("key");
+    let cases = [
+        (
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(key("rs256-private.pem").as_bytes()).expect("rsa"),
+            key("rs256-public.pem"),
+        ),
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(key("es256-private.pem").as_bytes()).expect("ec"),
+            key("es256-public.pem"),
+        ),
+    ];
+    let claims = claims("cust-42", &[Role::Customer], DEV_ISSUER, DEV_AUDIENCE, 60);
+    for (algorithm, signing, public) in &cases {
+        let token = jsonwebtoken::encode(&Header::new(*algorithm), &claims, signing).expect("sign");
+        let verifier = Authenticator::new(
+            &KeySettings::PublicKey { algorithm: *algorithm, pem: public.clone() },
+            DEV_ISSUER,
+            DEV_AUDIENCE,
+        )
+        .expect("a valid public key");
+        assert_eq!(verifier.verify(&token).expect("verifies").subject, "cust-42", "{algorithm:?}");
+        let hs256 = mint_hs256(JWT_SECRET, &claims);
+        assert!(verifier.verify(&hs256).is_err(), "{algorithm:?} refuses an HS256 token");
+    }
+    // A token of one algorithm does not verify with the other's key.
+    let rsa_token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &cases[0].1).expect("sign");
+    let es = Authenticator::new(
+        &KeySettings::PublicKey { algorithm: Algorithm::ES256, pem: cases[1].2.clone() },
+        DEV_ISSUER,
+        DEV_AUDIENCE,
+    )
+    .expect("key");
+    assert!(es.verify(&rsa_token).is_err());
+    let garbage = Authenticator::new(
+        &KeySettings::PublicKey { algorithm: Algorithm::RS256, pem: "not a key".into() },
+        DEV_ISSUER,
+        DEV_AUDIENCE,
+    );
+    assert!(garbage.is_err(), "an invalid key is refused at start-up");
+}
