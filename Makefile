@@ -6,10 +6,11 @@ SHELL := /bin/bash
 export SAGA_STATE_DIR ?= $(CURDIR)/.local
 
 .DEFAULT_GOAL := help
-.PHONY: help up down clean test infra-up infra-down status logs seed build topics
+.PHONY: help up down clean test infra-up infra-down status logs seed build topics prometheus-up prometheus-down \
+	compose-up compose-down
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 up: infra-up build ## Install what is missing, start Kafka, the database and the services; print where they listen
 	@ops/services.sh start
@@ -46,3 +47,25 @@ logs: ## Show the last lines of every log (FOLLOW=1 to follow them)
 
 seed: ## Load demo stock: SKU-1 ... SKU-20 with 1,000 units each (needs `make up`)
 	@ops/seed.sh
+
+prometheus-up: ## Start Prometheus (Debian package, installed if missing) on 127.0.0.1:9090, scraping `make up`'s services
+	@ops/prometheus/prometheus.sh start
+
+prometheus-down: ## Stop that Prometheus (its data are kept)
+	@ops/prometheus/prometheus.sh stop
+
+# docker-compose.yml runs the whole system in containers; it needs a Docker engine (none on the CI machine).
+define require_docker
+	@command -v docker >/dev/null 2>&1 || { echo "error: docker not found: $@ needs Docker with the compose plugin; without Docker use 'make up'" >&2; exit 1; }
+	@docker compose version >/dev/null 2>&1 || { echo "error: 'docker compose' is not available: install Docker's compose plugin (docker-compose-plugin), or use 'make up'" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers ('docker info' failed): start the Docker daemon, or use 'make up', which needs none" >&2; exit 1; }
+endef
+
+compose-up: ## Build the image and start everything in Docker: Kafka, MongoDB, the services, Prometheus, Grafana, Jaeger
+	$(require_docker)
+	docker compose up -d --build
+	@echo "orchestrator http://localhost:8080  Grafana http://localhost:3000  Prometheus http://localhost:9090  Jaeger http://localhost:16686  Kafka UI http://localhost:8090"
+
+compose-down: ## Stop and remove the compose stack's containers (volumes are kept; `docker compose down -v` drops them)
+	$(require_docker)
+	docker compose down

@@ -22,6 +22,14 @@ trap 'exit 130' INT TERM
 if [ -z "${MONGODB_URI:-}" ]; then
   "$OPS_DIR/mongo/mongo.sh" status >/dev/null 2>&1 || { started+=("$OPS_DIR/mongo/mongo.sh"); "$OPS_DIR/mongo/mongo.sh" start; }
 fi
+# A real Prometheus (Debian package, installed when missing) with the alert rules loaded; the deployment test
+# registers its stack in Prometheus's file_sd directory and queries it at PROMETHEUS_URL. A PROMETHEUS_URL
+# set by the caller names another Prometheus on this machine (with a `<dir>/*.json` file_sd config).
+if [ -z "${PROMETHEUS_URL:-}" ]; then
+  "$OPS_DIR/prometheus/prometheus.sh" status >/dev/null 2>&1 \
+    || { started+=("$OPS_DIR/prometheus/prometheus.sh"); "$OPS_DIR/prometheus/prometheus.sh" start; }
+  export PROMETHEUS_URL=http://127.0.0.1:${PROMETHEUS_PORT:-9090}
+fi
 
 step() { info "$*"; }
 
@@ -31,6 +39,9 @@ cargo build --workspace --all-targets --locked
 step "formatting and lints"
 cargo fmt --all -- --check || die "code is not formatted: run 'cargo fmt --all'"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+
+step "monitoring config: promtool check config, check rules and test rules (the alerts fire as their tests expect)"
+"$OPS_DIR/prometheus/prometheus.sh" check
 
 step "topics"
 "$OPS_DIR/infra.sh" topics
@@ -42,8 +53,11 @@ step "infrastructure tests: Kafka and the database through the client crates"
 cargo test -p tests --locked --quiet --test kafka --test mongo
 
 step "end-to-end: the real binaries on the real Kafka and database"
-cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults --test saga_live
+cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults --test saga_live --test tracing
 cargo test -p tests --locked --quiet --test saga_load -- --nocapture
+
+step "deployment config: docker-compose.yml, Prometheus and Grafana files against the code; metrics of the real binaries; Prometheus scraping them"
+cargo test -p tests --locked --quiet --test deploy_config
 
 step "database restart (alone: it restarts the shared database)"
 cargo test -p tests --locked --quiet --test db_restart

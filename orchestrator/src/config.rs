@@ -40,6 +40,9 @@ pub struct Settings {
     pub jwt_audience: String,
     /// `PII_RETENTION_HOURS` (default 720) and `PII_SWEEP_INTERVAL_SECS` (default 3600).
     pub retention: RetentionSettings,
+    /// `SAGA_GAUGE_INTERVAL_SECS`, default 15: how often the saga gauges (sagas per state, oldest age per
+    /// state, outbox backlog) are read from the store.
+    pub gauge_interval: Duration,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
                 keep_for: Duration::from_secs(config::parsed::<u64>("PII_RETENTION_HOURS", 720)?.saturating_mul(3600)),
                 interval: Duration::from_secs(config::parsed::<u64>("PII_SWEEP_INTERVAL_SECS", 3600)?.max(1)),
             },
+            gauge_interval: Duration::from_secs(config::parsed::<u64>("SAGA_GAUGE_INTERVAL_SECS", 15)?),
         };
         settings.validate()?;
         Ok(settings)
@@ -76,6 +80,10 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.step_timeout >= Duration::from_millis(50), "SAGA_STEP_TIMEOUT_MS must be at least 50");
         anyhow::ensure!(self.timer.interval >= Duration::from_millis(10), "SAGA_TIMER_INTERVAL_MS must be at least 10");
+        anyhow::ensure!(
+            (1..=3600).contains(&self.gauge_interval.as_secs()),
+            "SAGA_GAUGE_INTERVAL_SECS must be between 1 and 3600"
+        );
         anyhow::ensure!(self.customer_ref_key.len() >= 16, "CUSTOMER_REF_KEY must be at least 16 characters");
         if let KeySettings::Hs256 { secret } = &self.jwt_keys {
             anyhow::ensure!(secret.len() >= 32, "JWT_SECRET must be at least 32 characters");

@@ -13,12 +13,15 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use platform::kafka::{KafkaSettings, Publisher};
+use platform::metrics::ConsumerLag;
 use proto_events::{Message, topics};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
@@ -51,12 +54,14 @@ impl Ownership {
 }
 
 /// Tracks assignments: revoked partitions stop being owned before the revocation completes; assigned ones
-/// are announced so that the consumer loop recovers their sagas before applying their messages.
+/// are announced so that the consumer loop recovers their sagas before applying their messages. Records the
+/// consumer lag from librdkafka's statistics (`kafka_consumer_lag`).
 struct RebalanceContext {
     topic: String,
     ownership: Arc<Ownership>,
     deadlines: Arc<Deadlines>,
     assigned: mpsc::UnboundedSender<Vec<i32>>,
+    lag: ConsumerLag,
 }
 
 impl RebalanceContext {
@@ -65,7 +70,11 @@ impl RebalanceContext {
     }
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.record(&statistics);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -124,7 +133,8 @@ impl ReplyConsumer {
     ) -> anyhow::Result<Self> {
         let topic = settings.topic(topics::REPLY);
         let (tx, assigned) = mpsc::unbounded_channel();
-        let context = RebalanceContext { topic: topic.clone(), ownership, deadlines, assigned: tx };
+        let lag = ConsumerLag::new(metrics.service.kafka.clone());
+        let context = RebalanceContext { topic: topic.clone(), ownership, deadlines, assigned: tx, lag };
         let consumer: StreamConsumer<RebalanceContext> =
             settings.service_consumer_config(group_id).create_with_context(context)?;
         consumer.subscribe(&[&topic])?;
@@ -174,14 +184,23 @@ impl Worker {
         }
     }
 
-    /// Applies one message; returns false if shutdown interrupted the retries.
+    /// Applies one message in its `kafka.process` span (a child of the trace context in its headers); returns
+    /// false if shutdown interrupted the retries.
     async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+        let span = platform::kafka::process_span(message);
+        self.apply(message, shutdown).instrument(span).await
+    }
+
+    async fn apply(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
         let origin =
             Origin { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
         let decoded = match Message::decode(message.payload().unwrap_or_default()) {
             Ok(decoded) => decoded,
             Err(error) => return self.dead_letter(message, &error.to_string(), shutdown).await,
         };
+        let span = tracing::Span::current();
+        span.record("message_type", decoded.body.message_type());
+        platform::telemetry::record_saga(&span, decoded.meta.saga_id, decoded.meta.correlation_id);
         let engine = self.engine.clone();
         let outcome = retry_until_done(shutdown, "applying a message", || engine.handle(&decoded, &origin)).await;
         match outcome {

@@ -25,6 +25,11 @@ impl Definitions {
         self.all.iter().find(|d| d.name == name && d.version == version)
     }
 
+    /// Every definition.
+    pub fn all(&self) -> &[Definition] {
+        &self.all
+    }
+
     /// The newest version of `name`, for new sagas.
     pub fn latest(&self, name: &str) -> Option<&Definition> {
         self.all.iter().filter(|d| d.name == name).max_by_key(|d| d.version)

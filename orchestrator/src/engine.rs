@@ -16,16 +16,16 @@ use proto_events::commands::{
     CancelShipment, ChargePayment, CreateShipment, RefundPayment, ReleaseStock, ReserveStock,
 };
 use proto_events::{
-    Body, Command, CommandKind, DecodeError, Line, Message, Meta, OperatorVerb, Reply, ResolvedAs, SagaTransitioned,
-    topics,
+    Body, Command, CommandKind, DeadlineKind, DecodeError, FailureKind, Line, Message, Meta, OperatorVerb, Reply,
+    ResolvedAs, SagaTransitioned, topics,
 };
-use saga_defs::{Action, Definition, OperatorAction, Resolution, SagaEvent, SagaState, apply};
+use saga_defs::{Action, Definition, OperatorAction, Phase, Resolution, SagaEvent, SagaState, apply};
 use uuid::Uuid;
 
 use crate::bus::Bus;
 use crate::clock::Clock;
 use crate::definitions::Definitions;
-use crate::metrics::{FenceLabel, Metrics, StateLabel, TopicLabel};
+use crate::metrics::{AttemptOutcome, FenceLabel, Metrics, StepLabel, TopicLabel, step_label};
 use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
 use crate::store::{self, SagaStore};
 use crate::timers::Deadlines;
@@ -136,7 +136,7 @@ impl Engine {
         let next = self.next_record(&saga, state, &actions, message, origin, definition, now);
         self.store.replace(&next, saga.version).await?;
         self.deadlines.track(&next);
-        self.observe(&saga, &next, &actions, now);
+        self.observe(&saga, &next, &event, &actions, definition, now);
         self.flush(&next).await?;
         Ok(outcome(&saga, &next, &actions))
     }
@@ -197,7 +197,17 @@ impl Engine {
         }
         let pending = self.store.pending(partitions, RECOVERY_BATCH).await?;
         for saga in &pending {
-            match self.flush(saga).await {
+            // What was left pending belongs to the order's trace.
+            let span = tracing::info_span!(
+                "saga.recover",
+                saga_id = %saga.id,
+                order_id = %saga.id,
+                correlation_id = %saga.correlation_id,
+                trace_id = tracing::field::Empty,
+            );
+            let parent = platform::telemetry::context_from_traceparent(saga.traceparent.as_deref());
+            platform::telemetry::continue_trace(&span, parent);
+            match tracing::Instrument::instrument(self.flush(saga), span).await {
                 Ok(()) => {}
                 Err(error) if error.is_transient() => return Err(error),
                 Err(error) => tracing::error!(saga_id = %saga.id, %error, "cannot flush a saga's pending work"),
@@ -290,26 +300,72 @@ impl Engine {
         next
     }
 
-    fn observe(&self, before: &SagaRecord, after: &SagaRecord, actions: &[Action], now: DateTime<Utc>) {
+    /// Records the metrics of the transition from `before` to `after` by `event` (see [`crate::metrics`]).
+    fn observe(
+        &self,
+        before: &SagaRecord,
+        after: &SagaRecord,
+        event: &SagaEvent,
+        actions: &[Action],
+        definition: &Definition,
+        now: DateTime<Utc>,
+    ) {
         for action in actions {
-            if let Action::Ignore(fence) = action {
-                let fence = fence_name(fence).to_owned();
-                self.metrics.fenced.get_or_create(&FenceLabel { fence }).inc();
+            match action {
+                Action::Ignore(fence) => {
+                    let fence = fence_name(fence).to_owned();
+                    self.metrics.fenced.get_or_create(&FenceLabel { fence }).inc();
+                }
+                Action::Send { step, attempt, command } if *attempt > 1 => {
+                    let compensation = definition.step(*step).is_some_and(|s| s.compensation == Some(*command));
+                    if let Some(step) = step_label(definition, *step, compensation) {
+                        self.metrics.step_retries.get_or_create(&StepLabel { step }).inc();
+                    }
+                }
+                Action::Send { .. } => {}
             }
         }
         if before.state.phase == after.state.phase {
             return;
         }
-        let state = after.state.phase.name().to_owned();
-        self.metrics.transitions.get_or_create(&StateLabel { state }).inc();
+        if let Some((step, outcome)) = ended_attempt(before.state.phase, event, definition) {
+            self.metrics.attempt_ended(step, outcome, seconds_between(before.state_since, now));
+        }
+        let seconds = seconds_between(after.created_at, now);
+        self.metrics.entered(after.state.phase, after.status(), seconds);
         if after.status().is_terminal() {
-            let status = after.status().as_str().to_owned();
-            self.metrics.sagas_finished.get_or_create(&StateLabel { state: status }).inc();
-            let seconds = (now - after.created_at).num_milliseconds() as f64 / 1000.0;
-            self.metrics.order_seconds.observe(seconds.max(0.0));
             tracing::info!(status = after.status().as_str(), seconds, "saga finished");
         }
     }
+}
+
+/// The step (as labelled) and outcome of the attempt that `event` ended, if the saga was waiting for the
+/// reply to an attempt in `phase` and `event` is that reply or its timeout (not an operator's action).
+fn ended_attempt(phase: Phase, event: &SagaEvent, definition: &Definition) -> Option<(String, AttemptOutcome)> {
+    let (waiting, compensation) = match phase {
+        Phase::Running { step, attempt } => ((step, attempt), false),
+        Phase::Compensating { step, attempt } => ((step, attempt), true),
+        _ => return None,
+    };
+    let (answered, outcome) = match event {
+        SagaEvent::Reply { step, attempt, reply, .. } => match reply {
+            Reply::Succeeded { .. } => ((*step, *attempt), AttemptOutcome::Succeeded),
+            Reply::Failed { kind: FailureKind::Business, .. } => ((*step, *attempt), AttemptOutcome::BusinessFailure),
+            Reply::Failed { kind: FailureKind::Transient, .. } => ((*step, *attempt), AttemptOutcome::TransientFailure),
+        },
+        SagaEvent::Timer { step, attempt, kind: DeadlineKind::StepTimeout, .. } => {
+            ((*step, *attempt), AttemptOutcome::Timeout)
+        }
+        _ => return None,
+    };
+    if answered != waiting {
+        return None;
+    }
+    Some((step_label(definition, waiting.0, compensation)?, outcome))
+}
+
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds().max(0) as f64 / 1000.0
 }
 
 fn fence_name(fence: &saga_defs::Fenced) -> &'static str {

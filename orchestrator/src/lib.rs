@@ -7,6 +7,7 @@
 //! - [`consumer`]: the `saga.reply` consumer, partition ownership and recovery.
 //! - [`timers`]: turns passed deadlines into messages on the saga's partition.
 //! - [`dlq`]: lists dead-lettered messages and replays them to their original topic.
+//! - [`metrics`] and [`gauges`]: the Prometheus metrics, and the saga gauges read from the store periodically.
 //! - Ports: [`store`] (MongoDB | memory), [`bus`] (Kafka | memory), [`clock`] (system | manual).
 //! - [`Application`]: wiring, start-up and graceful shutdown.
 
@@ -32,6 +33,7 @@ pub mod customer_ref;
 pub mod definitions;
 pub mod dlq;
 pub mod engine;
+pub mod gauges;
 pub mod live;
 pub mod metrics;
 pub mod model;
@@ -64,6 +66,7 @@ pub struct Application {
     timer: Timer,
     live: Arc<live::LiveEvents>,
     retention: retention::Retention,
+    gauges: gauges::SagaGauges,
     kafka: platform::kafka::KafkaSettings,
 }
 
@@ -83,6 +86,12 @@ impl Application {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
+        metrics.init_steps(&definitions);
+        let topics = proto_events::topics::all();
+        metrics.service.kafka.init_topics(topics.iter().map(|t| settings.kafka.topic(t)));
+        let reply_topic = settings.kafka.topic(proto_events::topics::REPLY);
+        drop(metrics.dead_letters.get_or_create(&metrics::TopicLabel { topic: reply_topic }));
+        let publisher = publisher.with_metrics(metrics.service.kafka.clone());
         let bus = Arc::new(KafkaBus::new(publisher.clone()));
         let clock = Arc::new(SystemClock);
         let deadlines = Arc::new(Deadlines::default());
@@ -108,6 +117,7 @@ impl Application {
         let live = Arc::new(live::LiveEvents::default());
         let retention =
             retention::Retention::new(store.clone(), clock.clone(), settings.retention, metrics.pii_purged.clone());
+        let gauges = gauges::SagaGauges::new(store.clone(), clock.clone(), metrics.clone(), settings.gauge_interval);
         let state = AppState {
             store: api_store,
             bus,
@@ -133,7 +143,7 @@ impl Application {
             .with_mongo(api_client);
         let router = api::router(state, readiness, Arc::new(registry));
         let listener = platform::http::bind(&settings.http_addr).await?;
-        Ok(Self { listener, router, consumer, timer, live, retention, kafka: settings.kafka.clone() })
+        Ok(Self { listener, router, consumer, timer, live, retention, gauges, kafka: settings.kafka.clone() })
     }
 
     /// The port the HTTP interface listens on.
@@ -152,6 +162,11 @@ impl Application {
         tasks.spawn(async move {
             retention.run(s5).await;
             ("retention", Ok(()))
+        });
+        let (gauges, s6) = (self.gauges, shutdown.clone());
+        tasks.spawn(async move {
+            gauges.run(s6).await;
+            ("saga gauges", Ok(()))
         });
         tasks.spawn(async move {
             ("http", platform::http::serve(self.listener, self.router, s1).await.map_err(Into::into))

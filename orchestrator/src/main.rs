@@ -7,7 +7,14 @@ use orchestrator::config::Settings;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    platform::telemetry::init_logging("orchestrator");
+    // Kept to the end: dropping it flushes the last spans.
+    let _telemetry = match platform::telemetry::init("orchestrator") {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("orchestrator: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -192,6 +192,11 @@ pub struct SagaRecord {
     /// Shared by every message of the order.
     #[serde_as(as = "DisplayFromStr")]
     pub correlation_id: Uuid,
+    /// The W3C `traceparent` of the request that placed the order: messages the orchestrator sends of its
+    /// own accord (timers, restarts, recovery) continue the order's trace with it. None for sagas stored
+    /// before traces were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The order, free of personal data.
     pub order: OrderSummary,
     /// When the saga was stored.

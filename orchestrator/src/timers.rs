@@ -16,6 +16,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use proto_events::{Body, Message, Meta, StartSaga, TimerFired, topics};
 use saga_defs::Deadline;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::bus::Bus;
@@ -36,11 +37,13 @@ pub struct TimerSettings {
     pub refire_after: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Entry {
     deadline: Deadline,
     partition: i32,
     correlation_id: Uuid,
+    /// The order's trace, which the timer message continues.
+    traceparent: Option<String>,
     fired_at: Option<DateTime<Utc>>,
 }
 
@@ -68,8 +71,13 @@ impl Deadlines {
             inner.by_time.remove(&(old.deadline.at, saga.id));
         }
         if let Some(deadline) = saga.state.deadline {
-            let entry =
-                Entry { deadline, partition: saga.partition, correlation_id: saga.correlation_id, fired_at: None };
+            let entry = Entry {
+                deadline,
+                partition: saga.partition,
+                correlation_id: saga.correlation_id,
+                traceparent: saga.traceparent.clone(),
+                fired_at: None,
+            };
             inner.by_saga.insert(saga.id, entry);
             inner.by_time.insert((deadline.at, saga.id));
         }
@@ -85,6 +93,7 @@ impl Deadlines {
             deadline: due.deadline,
             partition: due.partition,
             correlation_id: due.correlation_id,
+            traceparent: due.traceparent.clone(),
             fired_at: None,
         };
         inner.by_saga.insert(due.saga_id, entry);
@@ -126,7 +135,7 @@ impl Deadlines {
                 && entry.fired_at.is_none_or(|at| now - at >= refire)
             {
                 entry.fired_at = Some(now);
-                fire.push((id, *entry));
+                fire.push((id, entry.clone()));
             }
         }
         fire
@@ -184,7 +193,8 @@ impl Timer {
             let Deadline { step, attempt, kind, at } = entry.deadline;
             let meta = meta(saga_id, entry.correlation_id, step, attempt, now);
             let body = Body::Timer(TimerFired { kind, due_at: at });
-            self.bus.publish(topics::REPLY, &Message::new(meta, body)?).await?;
+            let span = saga_span(saga_id, entry.correlation_id, entry.traceparent.as_deref());
+            self.bus.publish(topics::REPLY, &Message::new(meta, body)?).instrument(span).await?;
             published += 1;
         }
         let grace = TimeDelta::from_std(self.settings.start_grace).unwrap_or(TimeDelta::MAX);
@@ -207,14 +217,29 @@ impl Timer {
             if self.restarted.contains_key(&saga.id) {
                 continue;
             }
-            tracing::info!(saga_id = %saga.id, "publishing the start of a saga that did not start");
+            let span = saga_span(saga.id, saga.correlation_id, saga.traceparent.as_deref());
+            span.in_scope(|| tracing::info!("publishing the start of a saga that did not start"));
             let meta = meta(saga.id, saga.correlation_id, 0, 0, now);
-            self.bus.publish(topics::REPLY, &Message::new(meta, Body::Start(StartSaga {}))?).await?;
+            let start = Message::new(meta, Body::Start(StartSaga {}))?;
+            self.bus.publish(topics::REPLY, &start).instrument(span).await?;
             self.restarted.insert(saga.id, now);
             published += 1;
         }
         Ok(published)
     }
+}
+
+/// The span of publishing a saga's timer or start: part of the order's trace (`traceparent`).
+fn saga_span(saga_id: Uuid, correlation_id: Uuid, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "saga.timer",
+        saga_id = %saga_id,
+        order_id = %saga_id,
+        correlation_id = %correlation_id,
+        trace_id = tracing::field::Empty,
+    );
+    platform::telemetry::continue_trace(&span, platform::telemetry::context_from_traceparent(traceparent));
+    span
 }
 
 fn meta(saga_id: Uuid, correlation_id: Uuid, step: u16, attempt: u32, now: DateTime<Utc>) -> Meta {

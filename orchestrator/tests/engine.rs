@@ -499,6 +499,7 @@ async fn duplicate_stale_and_out_of_order_messages_are_recorded_and_ignored() {
         partition: partition_of(id),
         deadline: Deadline { at: at(STEP_TIMEOUT), kind: DeadlineKind::StepTimeout, step: 0, attempt: 1 },
         correlation_id: reserve.meta.correlation_id,
+        traceparent: None,
     };
     assert_ignored(&h, &timer_message(&old_deadline, h.now()), "stale:").await;
 

@@ -124,6 +124,7 @@ fn saga(partition: i32, phase: Phase, deadline: Option<Deadline>) -> SagaRecord 
         },
         partition,
         correlation_id,
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
         order: OrderSummary {
             items: vec![
                 OrderLine { sku: "SKU-1".into(), quantity: 2, unit_price_cents: 1250 },
@@ -215,6 +216,7 @@ async fn a_saga_round_trips_exactly_in_every_phase() {
     let mut sagas: Vec<SagaRecord> = phases.into_iter().map(|(phase, deadline)| saga(3, phase, deadline)).collect();
     let mut bare = settled(5, Phase::Started, None);
     bare.state.reason = None;
+    bare.traceparent = None;
     sagas.push(bare);
 
     for saga in &sagas {
@@ -348,6 +350,7 @@ async fn due_finds_passed_deadlines_in_the_given_partitions_earliest_first() {
         partition: saga.partition,
         deadline: saga.state.deadline.expect("a deadline"),
         correlation_id: saga.correlation_id,
+        traceparent: saga.traceparent.clone(),
     };
 
     let due = store.due(&[0, 1], secs(5), 10).await.expect("due");
@@ -401,6 +404,38 @@ async fn pending_and_not_started_select_by_partition_and_state() {
 }
 
 #[tokio::test]
+async fn state_times_and_the_outbox_backlog_cover_every_saga_in_both_stores() {
+    let (db, mongo) = store("gauges").await;
+    let memory = orchestrator::store::memory::MemoryStore::new();
+    let mut running_old = settled(0, Phase::Running { step: 1, attempt: 2 }, None);
+    running_old.state_since = secs(-30);
+    let mut running_new = saga(3, Phase::Running { step: 0, attempt: 1 }, None);
+    running_new.state_since = secs(20);
+    let mut parked = settled(5, Phase::Failed, None);
+    parked.state_since = secs(-3600);
+    let mut log_only = settled(1, Phase::Completed, None);
+    log_only.pending_log.push(log_entry(log_only.id, 4, "unflushed"));
+    let sagas = [&running_old, &running_new, &parked, &log_only, &saga(2, Phase::Completed, None)];
+    for store in [&mongo as &dyn SagaStore, &memory] {
+        assert!(store.state_times().await.expect("state times").is_empty());
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+        for saga in sagas {
+            store.insert(saga).await.expect("insert");
+        }
+        let mut times = store.state_times().await.expect("state times");
+        times.sort();
+        let mut expected: Vec<(String, DateTime<Utc>)> =
+            sagas.iter().map(|s| (s.state.phase.name().to_owned(), s.state_since)).collect();
+        expected.sort();
+        assert_eq!(times, expected, "{store:?}");
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 3, "{store:?}: outbox or timeline pending");
+        store.clear_pending(running_new.id, running_new.version).await.expect("clear");
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 2, "{store:?}");
+    }
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
 async fn personal_data_is_stored_apart_and_only_once() {
     let (db, store) = store("pii").await;
     let saga = saga(0, Phase::Started, None);
@@ -441,6 +476,22 @@ async fn an_idempotency_key_is_claimed_once_and_then_names_its_order_and_request
 }
 
 /// The status stored for queries matches the phase (the `status_updated` index serves operator queries).
+#[tokio::test]
+async fn a_saga_stored_before_trace_contexts_were_kept_reads_without_one() {
+    let (db, store) = store("no_trace").await;
+    let saga = saga(0, Phase::Running { step: 0, attempt: 1 }, None);
+    store.insert(&saga).await.expect("insert");
+    let sagas = db.collection::<Document>("sagas");
+    let filter = doc! { "_id": saga.id.to_string() };
+    let raw = sagas.find_one(filter.clone()).await.expect("read").expect("the document");
+    assert_eq!(raw.get_str("traceparent").ok(), saga.traceparent.as_deref(), "stored as the W3C text");
+    sagas.update_one(filter, doc! { "$unset": { "traceparent": "" } }).await.expect("remove the field");
+    let old = get(&store, saga.id).await;
+    db.drop().await.expect("drop the test database");
+    assert_eq!(old.traceparent, None);
+    assert_eq!(SagaRecord { traceparent: saga.traceparent.clone(), ..old }, saga, "everything else as stored");
+}
+
 #[tokio::test]
 async fn the_saga_document_carries_its_state_and_status_for_queries() {
     let (db, store) = store("status").await;

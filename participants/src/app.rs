@@ -167,10 +167,14 @@ impl<D: Service> Application<D> {
         let kinds: Vec<&'static str> =
             CommandKind::ALL.iter().filter(|k| k.participant() == D::PARTICIPANT).map(|k| k.message_type()).collect();
         metrics.init(&kinds);
-        let publisher = Publisher::new(&settings.kafka)?;
+        let kafka_metrics = metrics.service().kafka.clone();
+        let published = [topics::REPLY.to_owned(), topics::dlq(D::PARTICIPANT.command_topic())];
+        kafka_metrics.init_topics(published.iter().map(|t| settings.kafka.topic(t)));
+        let publisher = Publisher::new(&settings.kafka)?.with_metrics(kafka_metrics);
         let readiness =
             Readiness::new(name, Duration::from_secs(3)).with_kafka(publisher.producer().clone()).with_mongo(client);
-        let router = D::routes(Arc::clone(&service)).merge(ops_router(readiness, Arc::new(registry)));
+        let routes = D::routes(Arc::clone(&service)).merge(ops_router(readiness, Arc::new(registry)));
+        let router = platform::metrics::track_requests(routes, metrics.service().http.clone());
         let processor = Processor::new(Arc::clone(&service), settings.runtime.clone(), clock, metrics.clone());
         let runtime = Runtime::new(processor, &settings.kafka, &settings.group_id, publisher)?;
         let http_error = |reason: String| Error::Http { addr: settings.http_addr.clone(), reason };
@@ -239,10 +243,18 @@ fn startup_backoff() -> ExponentialBuilder {
         .with_max_times(8)
 }
 
-/// The main of a participant binary: JSON logs, settings from the environment, build, run until SIGTERM.
+/// The main of a participant binary: JSON logs and traces, settings from the environment, build, run until
+/// SIGTERM.
 pub async fn serve<D: Service>() -> ExitCode {
     let name = D::PARTICIPANT.name();
-    platform::telemetry::init_logging(name);
+    // Kept to the end: dropping it flushes the last spans.
+    let _telemetry = match platform::telemetry::init(name) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let shutdown = platform::shutdown::on_signal();
     let result = async {
         let settings = Settings::from_env::<D>()?;

@@ -5,7 +5,11 @@
 //! - `participant_dead_letters_total{reason}`: messages sent to the dead-letter topic.
 //! - `participant_processing_seconds{command}`: time from receiving a command to storing its offset.
 //! - `participant_transient_errors_total{command}`: failed attempts that were retried or gave up.
+//!
+//! And what every service exports ([`platform::metrics`]): `kafka_consumer_lag{topic, partition}`,
+//! `kafka_produce_errors_total{topic}`, `http_request_duration_seconds{route, method, status}`.
 
+use platform::metrics::ServiceMetrics;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -61,6 +65,7 @@ pub struct Metrics {
     dead_letters: Family<DeadLetterLabels, Counter>,
     latency: Family<KindLabels, Histogram>,
     transient_errors: Family<KindLabels, Counter>,
+    service: ServiceMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -68,13 +73,14 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`, with the ones every service exports.
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             commands: Family::default(),
             dead_letters: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             transient_errors: Family::default(),
+            service: ServiceMetrics::register(registry),
         };
         registry.register("participant_commands", "Commands handled, by kind and outcome", metrics.commands.clone());
         registry.register(
@@ -109,6 +115,11 @@ impl Metrics {
         for reason in [DeadLetterReason::undecodable, DeadLetterReason::not_a_command, DeadLetterReason::misrouted] {
             drop(self.dead_letters.get_or_create(&DeadLetterLabels { reason }));
         }
+    }
+
+    /// What every service exports: Kafka consumer lag and produce errors, HTTP durations.
+    pub fn service(&self) -> &ServiceMetrics {
+        &self.service
     }
 
     /// Counts a handled command.

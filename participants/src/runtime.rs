@@ -29,6 +29,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use platform::config;
 use platform::kafka::{KafkaSettings, Publisher};
+use platform::metrics::LagContext;
 use proto_events::{Body, Command, CommandKind, FailureKind, Message, Meta, Reply, topics};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -158,8 +159,8 @@ impl<D: Domain> Processor<D> {
             Some(Ok(message)) => message,
         };
         let span = tracing::Span::current();
-        span.record("saga_id", tracing::field::display(message.meta.saga_id));
         span.record("message_type", message.body.message_type());
+        platform::telemetry::record_saga(&span, message.meta.saga_id, message.meta.correlation_id);
         let Body::Command(command) = &message.body else {
             let error = format!("message type {} is not a command", message.body.message_type());
             return dead_letter(DeadLetterReason::not_a_command, error);
@@ -252,7 +253,7 @@ fn bounded(reply: Reply) -> Reply {
 /// The Kafka side: the consumer loop around a [`Processor`].
 pub struct Runtime<D> {
     processor: Processor<D>,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     publisher: Publisher,
     topic: String,
 }
@@ -274,10 +275,12 @@ impl<D: Domain> Runtime<D> {
         let topic = kafka.topic(D::PARTICIPANT.command_topic());
         let consumer_error =
             |source| Error::Consumer { topic: topic.clone(), group: group.to_owned(), source: Box::new(source) };
-        let consumer: StreamConsumer = kafka
+        // The context records the consumer lag from librdkafka's statistics.
+        let context = LagContext::new(processor.metrics.service().kafka.clone());
+        let consumer: StreamConsumer<LagContext> = kafka
             .service_consumer_config(group)
             .set("client.id", D::PARTICIPANT.name())
-            .create()
+            .create_with_context(context)
             .map_err(consumer_error)?;
         consumer.subscribe(&[topic.as_str()]).map_err(consumer_error)?;
         Ok(Self { processor, consumer, publisher, topic })
@@ -312,15 +315,10 @@ impl<D: Domain> Runtime<D> {
         tracing::info!(topic = %self.topic, "stopped consuming");
     }
 
-    /// Handles one message to the end; false when shutdown interrupted it (its offset is not stored).
+    /// Handles one message to the end; false when shutdown interrupted it (its offset is not stored). Its
+    /// `kafka.process` span continues the command's trace, and the reply continues this span's.
     async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
-        let span = tracing::info_span!(
-            "message",
-            partition = message.partition(),
-            offset = message.offset(),
-            saga_id = tracing::field::Empty,
-            message_type = tracing::field::Empty,
-        );
+        let span = platform::kafka::process_span(message);
         async {
             let started = Instant::now();
             let done = match self.processor.decide(message.payload(), shutdown).await {

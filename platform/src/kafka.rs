@@ -15,6 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as KafkaMessage, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use tracing::Instrument;
 
 use crate::config;
 
@@ -146,10 +147,15 @@ impl KafkaSettings {
     }
 
     /// A consumer configuration for a service: offsets are stored by the service only once a message's effect
-    /// is durable, and librdkafka commits the stored offsets in the background (and on rebalance).
+    /// is durable, and librdkafka commits the stored offsets in the background (and on rebalance). It reports
+    /// statistics every few seconds, for the consumer lag: create the consumer with a context that records
+    /// them ([`crate::metrics::LagContext`]), as the default context logs them.
     pub fn service_consumer_config(&self, group_id: &str) -> ClientConfig {
         let mut config = self.consumer_config(group_id);
-        config.set("enable.auto.commit", "true").set("auto.commit.interval.ms", "500");
+        config
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "500")
+            .set("statistics.interval.ms", crate::metrics::STATISTICS_INTERVAL_MS);
         for (key, value) in &self.extra {
             config.set(key, value);
         }
@@ -333,6 +339,8 @@ pub struct Delivered {
 pub struct Publisher {
     producer: FutureProducer,
     settings: KafkaSettings,
+    /// Where failed publications are counted, if anywhere.
+    metrics: Option<crate::metrics::KafkaMetrics>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -344,7 +352,13 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher with its own producer.
     pub fn new(settings: &KafkaSettings) -> Result<Self, Error> {
-        Ok(Self { producer: settings.producer()?, settings: settings.clone() })
+        Ok(Self { producer: settings.producer()?, settings: settings.clone(), metrics: None })
+    }
+
+    /// This publisher, counting the publications that fail in `metrics` (`kafka_produce_errors_total`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::KafkaMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The underlying producer (for readiness checks and metrics).
@@ -358,15 +372,27 @@ impl Publisher {
     }
 
     /// Publishes `message` to `topic` (a name without the prefix), keyed by its saga id, and waits for the
-    /// broker's acknowledgement.
+    /// broker's acknowledgement. A `kafka.publish` span (a child of the current span) covers it, and its
+    /// W3C trace context travels in the message's `traceparent` (and `tracestate`) headers.
     pub async fn publish(&self, topic: &str, message: &Message) -> Result<Delivered, Error> {
+        let topic = self.settings.topic(topic);
+        let span = tracing::info_span!(
+            "kafka.publish",
+            otel.kind = "producer",
+            messaging.destination.name = %topic,
+            message_type = message.body.message_type(),
+        );
+        messaging_attributes(&span, "send");
         let key = message.meta.saga_id.to_string();
         let payload = message.encode();
         let message_id = message.meta.message_id.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header { key: headers::MESSAGE_TYPE, value: Some(message.body.message_type()) })
             .insert(Header { key: headers::MESSAGE_ID, value: Some(&message_id) });
-        self.send(&self.settings.topic(topic), Some(key.as_bytes()), &payload, headers).await
+        for (key, value) in crate::telemetry::trace_headers(&span) {
+            headers = headers.insert(Header { key: &key, value: Some(&value) });
+        }
+        self.send(&topic, Some(key.as_bytes()), &payload, headers).instrument(span).await
     }
 
     /// Sends raw bytes to a full topic name and waits for the acknowledgement.
@@ -385,11 +411,16 @@ impl Publisher {
             Ok(delivery) => {
                 Ok(Delivered { topic: topic.to_owned(), partition: delivery.partition, offset: delivery.offset })
             }
-            Err((source, _)) => Err(Error::Publish {
-                topic: topic.to_owned(),
-                key: key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
-                source: Box::new(source),
-            }),
+            Err((source, _)) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.produce_error(topic);
+                }
+                Err(Error::Publish {
+                    topic: topic.to_owned(),
+                    key: key.map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default(),
+                    source: Box::new(source),
+                })
+            }
         }
     }
 
@@ -424,6 +455,56 @@ impl Publisher {
         }
         let dlq = proto_events::topics::dlq(source.topic());
         self.send(&dlq, source.key(), source.payload().unwrap_or_default(), headers).await
+    }
+}
+
+/// The trace context a consumed message carries in its `traceparent` and `tracestate` headers (empty if
+/// none).
+pub fn trace_context<M: KafkaMessage>(message: &M) -> opentelemetry::Context {
+    match message.headers() {
+        Some(headers) => crate::telemetry::extract(&HeaderExtractor(headers)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// The span of processing one consumed message: a `kafka.process` span (OpenTelemetry kind consumer),
+/// child of the trace context in the message's headers, with the message's topic, partition and offset,
+/// its `trace_id`, and empty `message_type`, `saga_id`, `order_id` and `correlation_id` fields for the
+/// caller to record once it has decoded the message ([`crate::telemetry::record_saga`]).
+pub fn process_span<M: KafkaMessage>(message: &M) -> tracing::Span {
+    let span = tracing::info_span!(
+        "kafka.process",
+        otel.kind = "consumer",
+        messaging.destination.name = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        message_type = tracing::field::Empty,
+        saga_id = tracing::field::Empty,
+        order_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    messaging_attributes(&span, "process");
+    crate::telemetry::continue_trace(&span, trace_context(message));
+    span
+}
+
+/// The OpenTelemetry messaging attributes that say nothing a log line needs (set on the span only).
+fn messaging_attributes(span: &tracing::Span, operation: &'static str) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.set_attribute("messaging.system", "kafka");
+    span.set_attribute("messaging.operation.type", operation);
+}
+
+struct HeaderExtractor<'a, H>(&'a H);
+
+impl<H: Headers> opentelemetry::propagation::Extractor for HeaderExtractor<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|h| h.key).collect()
     }
 }
 

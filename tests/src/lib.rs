@@ -55,4 +55,5 @@ where
 
 pub mod duplicator;
 pub mod events;
+pub mod otlp;
 pub mod stack;

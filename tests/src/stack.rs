@@ -174,6 +174,9 @@ pub struct Options {
     pub orchestrator_env: Vec<(&'static str, String)>,
     /// Services not to start at first (they can be started later with [`Service::start`]).
     pub held_back: Vec<&'static str>,
+    /// Extra environment for every service (for example `OTEL_EXPORTER_OTLP_ENDPOINT`); the orchestrator's
+    /// own `orchestrator_env` wins over it.
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 /// The system under test.
@@ -216,7 +219,7 @@ impl Stack {
             env.insert("MONGODB_URI".to_owned(), mongo_settings.uri.clone());
             env.insert("MONGODB_DATABASE".to_owned(), format!("{id}_{name}"));
             env.insert("LOG_LEVEL".to_owned(), "info,rdkafka=warn,librdkafka=warn".to_owned());
-            for (key, value) in extra {
+            for (key, value) in options.extra_env.iter().chain(extra) {
                 env.insert((*key).to_owned(), value.clone());
             }
             Service::new(name, env, logs.join(format!("{name}.log")))

@@ -11,8 +11,11 @@ const FINISH: Duration = Duration::from_secs(90);
 /// finishes, and no effect is doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_survives_the_orchestrator_being_killed_mid_way() {
-    let options =
-        Options { orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "60000".to_owned())], held_back: vec!["payment"] };
+    let options = Options {
+        orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "60000".to_owned())],
+        held_back: vec!["payment"],
+        ..Options::default()
+    };
     let mut stack = Stack::start("kill-orchestrator", options).await;
     stack.set_stock("SKU-1", 10).await;
     let order_id = stack.place(&Stack::order("cust-k", &[("SKU-1", 2)])).await;
@@ -59,8 +62,11 @@ async fn a_saga_survives_the_orchestrator_being_killed_mid_way() {
 /// outcome is unknown) is cancelled once shipping is back, the payment refunded and the stock released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_down_past_its_timeout_is_retried_then_compensated() {
-    let options =
-        Options { orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "1500".to_owned())], held_back: vec!["shipping"] };
+    let options = Options {
+        orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "1500".to_owned())],
+        held_back: vec!["shipping"],
+        ..Options::default()
+    };
     let mut stack = Stack::start("participant-down", options).await;
     stack.set_stock("SKU-1", 10).await;
     let order_id = stack.place(&Stack::order("cust-g", &[("SKU-1", 3)])).await;
@@ -90,8 +96,11 @@ async fn a_participant_down_past_its_timeout_is_retried_then_compensated() {
 /// saga is cancelled once the participant is back, and nothing is charged in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_compensates_a_saga_stuck_on_a_participant() {
-    let options =
-        Options { orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "120000".to_owned())], held_back: vec!["payment"] };
+    let options = Options {
+        orchestrator_env: vec![("SAGA_STEP_TIMEOUT_MS", "120000".to_owned())],
+        held_back: vec!["payment"],
+        ..Options::default()
+    };
     let mut stack = Stack::start("operator-compensates", options).await;
     stack.set_stock("SKU-1", 10).await;
     let order_id = stack.place(&Stack::order("cust-o", &[("SKU-1", 4)])).await;

@@ -76,7 +76,10 @@ async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> axum::Json<
     axum::Json(serde_json::json!({ "subject": caller.subject, "roles": caller.roles }))
 }
 
-/// The whole HTTP interface: the API and the operations endpoints.
+/// The whole HTTP interface: the API and the operations endpoints, every request recorded in
+/// `http_request_duration_seconds`.
 pub fn router(state: AppState, readiness: Readiness, registry: Arc<Registry>) -> Router {
-    api_router(state).merge(ops_router(readiness, registry))
+    let http_metrics = state.metrics.service.http.clone();
+    let routes = api_router(state).merge(ops_router(readiness, registry));
+    platform::metrics::track_requests(routes, http_metrics)
 }

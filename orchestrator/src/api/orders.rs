@@ -13,6 +13,8 @@ use proto_events::{Address, Body, Message, Meta, OrderStatus, StartSaga, topics}
 use saga_defs::SagaState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
+use tracing::field::{Empty, display};
 use uuid::Uuid;
 
 use super::AppState;
@@ -117,21 +119,38 @@ pub struct OrderView {
 
 /// Places an order: stores it and its saga, then starts the saga. Answers 202 with the order id; with an
 /// `Idempotency-Key`, a retried request answers with the same order instead of placing another.
-#[tracing::instrument(skip_all, fields(order_id))]
+///
+/// Its span is the root of the order's trace (or continues the caller's, from a `traceparent` header);
+/// the saga keeps that trace context, and every message of the order continues it.
 pub async fn place_order(
     State(app): State<AppState>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    match place(&app, &caller, &headers, &body).await {
+    let span = tracing::info_span!(
+        "orders.place",
+        otel.kind = "server",
+        otel.name = "POST /v1/orders",
+        http.request.method = "POST",
+        http.route = "/v1/orders",
+        http.response.status_code = Empty,
+        saga_id = Empty,
+        order_id = Empty,
+        correlation_id = Empty,
+        trace_id = Empty,
+    );
+    platform::telemetry::continue_trace(&span, platform::telemetry::context_from_http(&headers));
+    let response = match place(&app, &caller, &headers, &body).instrument(span.clone()).await {
         Ok((placed, fresh)) => {
             let status = if fresh { StatusCode::ACCEPTED } else { StatusCode::OK };
             let location = HeaderValue::from_str(&placed.href).expect("an href is a valid header value");
             (status, [(header::LOCATION, location)], Json(placed)).into_response()
         }
         Err(problem) => problem.into_response(),
-    }
+    };
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]) -> Result<(Placed, bool), Problem> {
@@ -159,11 +178,15 @@ async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]
             }
         }
     }
-    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+    let span = tracing::Span::current();
+    span.record("saga_id", display(order_id));
+    span.record("order_id", display(order_id));
     if !fresh && let Some(saga) = app.store.get(order_id).await? {
+        span.record("correlation_id", display(saga.correlation_id));
         return Ok((placed(&saga), false));
     }
     let correlation_id = correlation_id(headers);
+    span.record("correlation_id", display(correlation_id));
     let saga = new_saga(app, order_id, correlation_id, &order, amount_cents, customer_ref)?;
     store_order(app, &saga, &order).await?;
     app.metrics.sagas_created.inc();
@@ -252,6 +275,8 @@ fn new_saga(
         state: SagaState::new(),
         partition: partition_for(order_id.to_string().as_bytes(), app.reply_partitions),
         correlation_id,
+        // The request's span: the root of the order's trace.
+        traceparent: platform::telemetry::traceparent(&tracing::Span::current()),
         order: OrderSummary { items, amount_cents, currency: order.currency, customer_ref },
         created_at: now,
         updated_at: now,

@@ -129,6 +129,7 @@ impl SagaStore for MemoryStore {
                     partition: s.partition,
                     deadline,
                     correlation_id: s.correlation_id,
+                    traceparent: s.traceparent.clone(),
                 })
             })
             .collect();
@@ -196,5 +197,14 @@ impl SagaStore for MemoryStore {
         }
         inner.keys.insert(key.to_owned(), (order_id, request_hash.to_owned()));
         Ok(Claim::New)
+    }
+
+    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
+        Ok(self.lock().sagas.values().map(|s| (s.state.phase.name().to_owned(), s.state_since)).collect())
+    }
+
+    async fn outbox_backlog(&self) -> Result<u64, Error> {
+        let pending = self.lock().sagas.values().filter(|s| s.has_pending()).count();
+        Ok(u64::try_from(pending).unwrap_or(u64::MAX))
     }
 }

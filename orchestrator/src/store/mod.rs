@@ -59,6 +59,8 @@ pub struct Due {
     pub deadline: saga_defs::Deadline,
     /// Shared by the saga's messages.
     pub correlation_id: Uuid,
+    /// The W3C `traceparent` of the order's trace, if stored.
+    pub traceparent: Option<String>,
 }
 
 /// Which sagas an operator lists.
@@ -154,4 +156,12 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
 
     /// Claims `key` for `order_id` (a new order of request `request_hash`), or says who has it.
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
+
+    /// The state name (`RUNNING`, ...) of every saga and when it entered that state, in no particular order
+    /// (a background query for the metrics: it scans every saga, reading only those two fields).
+    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error>;
+
+    /// How many sagas have an outbox (and the timeline entries flushed with it) not flushed yet (a
+    /// background query for the metrics; it may scan).
+    async fn outbox_backlog(&self) -> Result<u64, Error>;
 }

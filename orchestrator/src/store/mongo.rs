@@ -101,6 +101,9 @@ struct SagaDoc {
     deadline_at: Option<DateTime<Utc>>,
     partition: i32,
     correlation_id: String,
+    /// The W3C `traceparent` of the order's trace; absent in documents stored before traces were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
     order: OrderSummary,
     #[serde_as(as = "FromChrono04DateTime")]
     created_at: DateTime<Utc>,
@@ -132,6 +135,7 @@ impl From<&SagaRecord> for SagaDoc {
             deadline_at: saga.state.deadline.map(|d| d.at),
             partition: saga.partition,
             correlation_id: saga.correlation_id.to_string(),
+            traceparent: saga.traceparent.clone(),
             order: saga.order.clone(),
             created_at: saga.created_at,
             updated_at: saga.updated_at,
@@ -167,6 +171,7 @@ impl TryFrom<SagaDoc> for SagaRecord {
             },
             partition: doc.partition,
             correlation_id,
+            traceparent: doc.traceparent,
             order: doc.order,
             created_at: doc.created_at,
             updated_at: doc.updated_at,
@@ -242,6 +247,10 @@ fn bson_date(time: DateTime<Utc>) -> bson::DateTime {
 
 #[async_trait]
 impl SagaStore for MongoStore {
+    #[tracing::instrument(name = "db.saga.prepare", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "create_indexes"
+    ))]
     async fn prepare(&self) -> Result<(), Error> {
         let index = |keys: Document, name: &str, unique: bool| {
             IndexModel::builder()
@@ -261,6 +270,10 @@ impl SagaStore for MongoStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.saga.insert", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "insert"
+    ))]
     async fn insert(&self, saga: &SagaRecord) -> Result<(), Error> {
         match self.sagas.insert_one(SagaDoc::from(saga)).await {
             Ok(_) => Ok(()),
@@ -269,11 +282,19 @@ impl SagaStore for MongoStore {
         }
     }
 
+    #[tracing::instrument(name = "db.saga.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "find"
+    ))]
     async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error> {
         let found = self.sagas.find_one(doc! { "_id": saga_id.to_string() }).await.map_err(db("read saga"))?;
         found.map(SagaRecord::try_from).transpose()
     }
 
+    #[tracing::instrument(name = "db.saga.replace", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "replace"
+    ))]
     async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
         let conflict = || Error::VersionConflict { saga_id: saga.id, expected: expected_version };
         let filter = self.version_filter(saga.id, expected_version).await?.ok_or_else(conflict)?;
@@ -284,6 +305,10 @@ impl SagaStore for MongoStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.saga.clear_pending", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "update"
+    ))]
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
         let Some(filter) = self.version_filter(saga_id, version).await? else { return Ok(false) };
         let update = doc! { "$set": { "outbox": [], "pending_log": [], "pending": false } };
@@ -291,6 +316,10 @@ impl SagaStore for MongoStore {
         Ok(result.matched_count == 1)
     }
 
+    #[tracing::instrument(name = "db.saga_log.append", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "saga_log", db.operation.name = "insert"
+    ))]
     async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
@@ -306,6 +335,10 @@ impl SagaStore for MongoStore {
 
     /// Reads the entries one `_id` at a time up to the saga's version (FerretDB answers only exact `_id`
     /// lookups from an index), then adds the entries not flushed yet.
+    #[tracing::instrument(name = "db.saga_log.timeline", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "saga_log", db.operation.name = "find"
+    ))]
     async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error> {
         let Some(saga) = self.get(saga_id).await? else { return Ok(Vec::new()) };
         let mut entries = Vec::new();
@@ -319,11 +352,19 @@ impl SagaStore for MongoStore {
         Ok(entries)
     }
 
+    #[tracing::instrument(name = "db.saga_log.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "saga_log", db.operation.name = "find"
+    ))]
     async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
         let found = self.log.find_one(doc! { "_id": log_id(saga_id, seq) }).await.map_err(db("read saga_log"))?;
         Ok(found.map(|d| d.entry))
     }
 
+    #[tracing::instrument(name = "db.saga.list", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "find"
+    ))]
     async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error> {
         let mut query = Document::new();
         if let Some(state) = &filter.state {
@@ -351,6 +392,10 @@ impl SagaStore for MongoStore {
         collect(cursor, "list sagas").await?.into_iter().map(SagaRecord::try_from).collect()
     }
 
+    #[tracing::instrument(name = "db.saga.due", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "find"
+    ))]
     async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {
         let mut filter = in_partitions(partitions);
         filter.insert("deadline_at", doc! { "$lte": bson_date(now) });
@@ -371,12 +416,17 @@ impl SagaStore for MongoStore {
                     partition: saga.partition,
                     deadline,
                     correlation_id: saga.correlation_id,
+                    traceparent: saga.traceparent.clone(),
                 });
             }
         }
         Ok(due)
     }
 
+    #[tracing::instrument(name = "db.saga.pending", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "find"
+    ))]
     async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
         let mut filter = in_partitions(partitions);
         filter.insert("pending", true);
@@ -389,6 +439,10 @@ impl SagaStore for MongoStore {
         collect(cursor, "find pending sagas").await?.into_iter().map(SagaRecord::try_from).collect()
     }
 
+    #[tracing::instrument(name = "db.saga.not_started", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "find"
+    ))]
     async fn not_started(
         &self,
         partitions: &[i32],
@@ -407,6 +461,10 @@ impl SagaStore for MongoStore {
         collect(cursor, "find sagas not started").await?.into_iter().map(SagaRecord::try_from).collect()
     }
 
+    #[tracing::instrument(name = "db.orders_pii.insert", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "orders_pii", db.operation.name = "insert"
+    ))]
     async fn insert_pii(&self, order_id: Uuid, pii: &OrderPii) -> Result<(), Error> {
         let doc = PiiDoc { id: order_id.to_string(), pii: pii.clone(), created_at: Utc::now() };
         match self.pii.insert_one(doc).await {
@@ -416,16 +474,28 @@ impl SagaStore for MongoStore {
         }
     }
 
+    #[tracing::instrument(name = "db.orders_pii.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "orders_pii", db.operation.name = "find"
+    ))]
     async fn get_pii(&self, order_id: Uuid) -> Result<Option<OrderPii>, Error> {
         let found = self.pii.find_one(doc! { "_id": order_id.to_string() }).await.map_err(db("read order data"))?;
         Ok(found.map(|d| d.pii))
     }
 
+    #[tracing::instrument(name = "db.orders_pii.purge", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "orders_pii", db.operation.name = "delete"
+    ))]
     async fn purge_pii(&self, order_id: Uuid) -> Result<bool, Error> {
         let result = self.pii.delete_one(doc! { "_id": order_id.to_string() }).await.map_err(db("purge order data"))?;
         Ok(result.deleted_count == 1)
     }
 
+    #[tracing::instrument(name = "db.saga.finished_between", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas", db.operation.name = "find"
+    ))]
     async fn finished_between(
         &self,
         after: Option<DateTime<Utc>>,
@@ -456,6 +526,10 @@ impl SagaStore for MongoStore {
             .collect())
     }
 
+    #[tracing::instrument(name = "db.idempotency_keys.claim", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "idempotency_keys", db.operation.name = "insert"
+    ))]
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {
         let doc = KeyDoc {
             key: key.to_owned(),
@@ -479,5 +553,27 @@ impl SagaStore for MongoStore {
             }
             Err(e) => Err(db("claim idempotency key")(e)),
         }
+    }
+
+    /// Scans `sagas` for two fields of each: no filter, since FerretDB answers only `{_id}` from an index.
+    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
+        let cursor = self
+            .sagas
+            .clone_with_type::<Document>()
+            .find(doc! {})
+            .projection(doc! { "_id": 0, "state": 1, "state_since": 1 })
+            .await
+            .map_err(db("read saga states"))?;
+        let docs = collect(cursor, "read saga states").await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                Some((d.get_str("state").ok()?.to_owned(), d.get_datetime("state_since").ok()?.to_chrono()))
+            })
+            .collect())
+    }
+
+    async fn outbox_backlog(&self) -> Result<u64, Error> {
+        self.sagas.count_documents(doc! { "pending": true }).await.map_err(db("count pending sagas"))
     }
 }

@@ -121,6 +121,8 @@ pub struct Harness {
     pub deadlines: Arc<Deadlines>,
     pub engine: Engine,
     pub refs: CustomerRefs,
+    /// Where `metrics` are registered (see [`Harness::metrics_text`]).
+    pub registry: Registry,
     router: axum::Router,
     next_offset: AtomicI64,
     origins: Mutex<Vec<(Uuid, Origin)>>,
@@ -172,6 +174,7 @@ impl Harness {
             deadlines,
             engine,
             refs,
+            registry,
             router: api_router(state),
             next_offset: AtomicI64::new(100),
             origins: Mutex::new(Vec::new()),
@@ -180,6 +183,13 @@ impl Harness {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The metrics as `/metrics` would show them (Prometheus text format).
+    pub fn metrics_text(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("the metrics encode");
+        text
     }
 
     /// Sends `request` through the API router, as an operator unless it carries its own `Authorization`.

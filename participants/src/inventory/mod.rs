@@ -510,7 +510,13 @@ pub async fn seed(args: &[String]) -> anyhow::Result<()> {
 pub async fn main(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {
         Some("seed") => {
-            platform::telemetry::init_logging("inventory");
+            let _telemetry = match platform::telemetry::init("inventory") {
+                Ok(telemetry) => telemetry,
+                Err(error) => {
+                    eprintln!("inventory: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
             match seed(&args[1..]).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

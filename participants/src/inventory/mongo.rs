@@ -151,6 +151,10 @@ impl StockStore for MongoStockStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.stock_moves.sum", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "stock_moves", db.operation.name = "aggregate"
+    ))]
     async fn available(&self) -> Result<BTreeMap<String, i64>, Error> {
         // Start-up only: a `$group` over the whole ledger.
         let pipeline = [doc! { "$group": { "_id": "$sku", "available": { "$sum": "$delta" } } }];
@@ -165,6 +169,10 @@ impl StockStore for MongoStockStore {
             .collect()
     }
 
+    #[tracing::instrument(name = "db.reservations.in_progress", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "reservations", db.operation.name = "find"
+    ))]
     async fn reservations_in_progress(&self) -> Result<Vec<Reservation>, Error> {
         // Start-up only: a filter on `status` scans the collection.
         let filter = doc! { "status": ReservationStatus::Reserving.as_str() };
@@ -174,16 +182,28 @@ impl StockStore for MongoStockStore {
         docs.into_iter().map(ReservationDoc::into_reservation).collect()
     }
 
+    #[tracing::instrument(name = "db.stock_moves.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "stock_moves", db.operation.name = "find"
+    ))]
     async fn find_move(&self, id: &str) -> Result<Option<StockMove>, Error> {
         let found = self.moves.find_one(by_id(id)).await.map_err(Error::database("find stock move"))?;
         found.map(MoveDoc::into_move).transpose()
     }
 
+    #[tracing::instrument(name = "db.stock_moves.insert", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "stock_moves", db.operation.name = "insert"
+    ))]
     async fn insert_moves(&self, moves: &[StockMove]) -> Result<(), Error> {
         let docs: Vec<MoveDoc> = moves.iter().map(MoveDoc::from).collect();
         insert_all(&self.moves, &docs, "insert stock moves").await
     }
 
+    #[tracing::instrument(name = "db.reservations.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "reservations", db.operation.name = "find"
+    ))]
     async fn reservation(&self, saga_id: Uuid) -> Result<Option<Reservation>, Error> {
         let found = self
             .reservations
@@ -193,10 +213,18 @@ impl StockStore for MongoStockStore {
         found.map(ReservationDoc::into_reservation).transpose()
     }
 
+    #[tracing::instrument(name = "db.reservations.insert", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "reservations", db.operation.name = "insert"
+    ))]
     async fn insert_reservation(&self, reservation: &Reservation) -> Result<Inserted, Error> {
         insert_once(&self.reservations, &ReservationDoc::from(reservation), "insert reservation").await
     }
 
+    #[tracing::instrument(name = "db.reservations.replace", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "reservations", db.operation.name = "replace"
+    ))]
     async fn replace_reservation(&self, reservation: &Reservation) -> Result<(), Error> {
         let document = ReservationDoc::from(reservation);
         let result = self

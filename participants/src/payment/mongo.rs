@@ -86,16 +86,28 @@ impl PaymentStore for MongoPaymentStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.payments.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "payments", db.operation.name = "find"
+    ))]
     async fn get(&self, saga_id: Uuid) -> Result<Option<Payment>, Error> {
         let found =
             self.payments.find_one(by_id(&saga_id.to_string())).await.map_err(Error::database("find payment"))?;
         found.map(PaymentDoc::into_payment).transpose()
     }
 
+    #[tracing::instrument(name = "db.payments.insert", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "payments", db.operation.name = "insert"
+    ))]
     async fn insert(&self, payment: &Payment) -> Result<Inserted, Error> {
         insert_once(&self.payments, &PaymentDoc::from(payment), "insert payment").await
     }
 
+    #[tracing::instrument(name = "db.payments.refund", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "payments", db.operation.name = "update"
+    ))]
     async fn set_refunded(&self, saga_id: Uuid, refunded_cents: i64, at: DateTime<Utc>) -> Result<(), Error> {
         let update = doc! { "$set": {
             "status": PaymentStatus::Refunded.as_str(),

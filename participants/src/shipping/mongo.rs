@@ -102,16 +102,28 @@ impl ShipmentStore for MongoShipmentStore {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db.shipments.get", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "shipments", db.operation.name = "find"
+    ))]
     async fn get(&self, saga_id: Uuid) -> Result<Option<Shipment>, Error> {
         let found =
             self.shipments.find_one(by_id(&saga_id.to_string())).await.map_err(Error::database("find shipment"))?;
         found.map(ShipmentDoc::into_shipment).transpose()
     }
 
+    #[tracing::instrument(name = "db.shipments.insert", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "shipments", db.operation.name = "insert"
+    ))]
     async fn insert(&self, shipment: &Shipment) -> Result<Inserted, Error> {
         insert_once(&self.shipments, &ShipmentDoc::from(shipment), "insert shipment").await
     }
 
+    #[tracing::instrument(name = "db.shipments.cancel", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "shipments", db.operation.name = "update"
+    ))]
     async fn set_cancelled(&self, saga_id: Uuid, at: DateTime<Utc>) -> Result<(), Error> {
         let update = doc! { "$set": {
             "status": ShipmentStatus::Cancelled.as_str(),
