@@ -42,7 +42,7 @@ pub enum Error {
 /// How to reach Kafka and how topics are laid out.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
-    /// `KAFKA_BOOTSTRAP_SERVERS`, default `127.0.0.1:9092`.
+    /// `KAFKA_BOOTSTRAP_SERVERS`, default `127.0.0.1:9092` (or `127.0.0.1:$KAFKA_PORT`).
     pub bootstrap_servers: String,
     /// `KAFKA_TOPIC_PARTITIONS`, default 6: partitions of every topic created by [`ensure_topics`].
     pub partitions: i32,
@@ -60,7 +60,11 @@ impl KafkaSettings {
     /// Settings from the environment, with the defaults of a local single-node broker.
     pub fn from_env() -> Result<Self, Error> {
         let settings = Self {
-            bootstrap_servers: config::string("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            // The local broker's port, when moved with KAFKA_PORT, moves the default too.
+            bootstrap_servers: config::string(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                &format!("127.0.0.1:{}", config::string("KAFKA_PORT", "9092")),
+            ),
             partitions: config::parsed("KAFKA_TOPIC_PARTITIONS", 6)?,
             replication_factor: config::parsed("KAFKA_REPLICATION_FACTOR", 1)?,
             topic_prefix: config::string("KAFKA_TOPIC_PREFIX", ""),

@@ -27,7 +27,7 @@ pub enum Error {
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct MongoSettings {
-    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017`. Never logged: it may carry credentials.
+    /// `MONGODB_URI`, default `mongodb://127.0.0.1:27017` (or the port in `MONGO_PORT`). Never logged: it may carry credentials.
     pub uri: String,
     /// The database this service owns (each service has its own).
     pub database: String,
@@ -37,7 +37,11 @@ impl MongoSettings {
     /// Settings from the environment; `database` is read from `database_var` with `default_database`.
     pub fn from_env(database_var: &'static str, default_database: &str) -> Self {
         Self {
-            uri: config::string("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            // The local database's port, when moved with MONGO_PORT, moves the default too.
+            uri: config::string(
+                "MONGODB_URI",
+                &format!("mongodb://127.0.0.1:{}", config::string("MONGO_PORT", "27017")),
+            ),
             database: config::string(database_var, default_database),
         }
     }
