@@ -129,7 +129,8 @@ impl Served {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let saga = self.h.store.get(id).await.expect("the memory store").expect("the saga");
-            if saga.state.phase.name() == state {
+            // Reached, and flushed: the engine writes a transition first and empties its outbox after.
+            if saga.state.phase.name() == state && !saga.has_pending() {
                 return;
             }
             assert!(tokio::time::Instant::now() < deadline, "saga {id} never reached {state}: {saga:?}");
