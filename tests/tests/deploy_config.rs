@@ -247,10 +247,12 @@ fn env_reads(files: &[PathBuf]) -> BTreeSet<String> {
     for file in files {
         let source = std::fs::read_to_string(file).expect("read a source file");
         let mut rest = source.as_str();
-        while let Some(at) = rest.find("(\"") {
+        // A call's first argument as a string literal: `name("VAR"`, also when rustfmt breaks the line after `(`.
+        while let Some(at) = rest.find('(') {
             let before = rest[..at].chars().next_back();
-            let literal = &rest[at + 2..];
-            rest = literal;
+            let after = rest[at + 1..].trim_start();
+            rest = &rest[at + 1..];
+            let Some(literal) = after.strip_prefix('"') else { continue };
             let Some(end) = literal.find('"') else { break };
             let name = &literal[..end];
             let called = before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '>');
