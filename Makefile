@@ -6,8 +6,8 @@ SHELL := /bin/bash
 export SAGA_STATE_DIR ?= $(CURDIR)/.local
 
 .DEFAULT_GOAL := help
-.PHONY: help up down clean test infra-up infra-down status logs seed build topics prometheus-up prometheus-down \
-	compose-up compose-down
+.PHONY: help up down clean test chaos infra-up infra-down status logs seed build topics prometheus-up prometheus-down \
+	compose-up compose-down bench sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,10 @@ clean: down ## Stop everything and wipe local data (downloads and builds of Kafk
 
 test: ## Run every test suite CI runs; starts the infrastructure it needs and stops what it started
 	@ops/test.sh
+
+chaos: infra-up ## Only the chaos suite (faults under load; restarts the shared Kafka and database), one test at a time
+	cargo build --workspace --bins --locked
+	cargo test -p tests --locked --test chaos -- --test-threads=1 --nocapture
 
 build: ## Build the services (release)
 	cargo build --release --workspace --bins --locked
@@ -47,6 +51,14 @@ logs: ## Show the last lines of every log (FOLLOW=1 to follow them)
 
 seed: ## Load demo stock: SKU-1 ... SKU-20 with 1,000 units each (needs `make up`)
 	@ops/seed.sh
+
+sim: ## A longer deterministic-simulation campaign: SEEDS seeds (default 10000) of 100 sagas; SIM_ARGS e.g. --sagas 300, --seed 42 --trace
+	cargo run --release --locked -p simulator --bin sim -- $(if $(filter --seed,$(SIM_ARGS)),,--seeds $(or $(SEEDS),10000)) $(SIM_ARGS)
+
+bench: ## Benchmark the running stack (needs `make up`; about 6 min; flags in BENCH_ARGS, e.g. BENCH_ARGS=--smoke); results in bench/results/
+	@curl -fsS -o /dev/null --max-time 5 "http://127.0.0.1:$${ORCHESTRATOR_PORT:-8080}/ready" 2>/dev/null \
+	  || { echo "error: no ready orchestrator on 127.0.0.1:$${ORCHESTRATOR_PORT:-8080}; start the stack with 'make up' first (make bench measures a running stack)" >&2; exit 1; }
+	cargo run --release --locked -p bench --bin saga-bench -- $(BENCH_ARGS)
 
 prometheus-up: ## Start Prometheus (Debian package, installed if missing) on 127.0.0.1:9090, scraping `make up`'s services
 	@ops/prometheus/prometheus.sh start

@@ -9,8 +9,9 @@ export CARGO_PROFILE=dev CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 started=()
 cleanup() {
   local rc=$?
-  # Service processes of an end-to-end test that was interrupted hard (its harness kills them otherwise).
-  pkill -KILL -f "^$REPO_DIR/target/debug/(orchestrator|inventory|payment|shipping)( |$)" 2>/dev/null || true
+  # Service processes (and the chaos suite's forwarders) of an end-to-end test that was interrupted hard (its
+  # harness kills them otherwise).
+  pkill -KILL -f "^$REPO_DIR/target/debug/(orchestrator|inventory|payment|shipping|tcp-forward)( |$)" 2>/dev/null || true
   for ((i = ${#started[@]} - 1; i >= 0; i--)); do "${started[i]}" stop || true; done
   exit "$rc"
 }
@@ -47,13 +48,17 @@ step "topics"
 "$OPS_DIR/infra.sh" topics
 
 step "unit, contract and crate integration tests (the crates' own tests use the real Kafka and database)"
-cargo test --workspace --exclude tests --locked --quiet
+cargo test --workspace --exclude tests --exclude simulator --locked --quiet
+
+step "deterministic simulation: 1,000 seeds of 100 sagas under injected faults, then the invariants"
+cargo test -p simulator --locked --quiet -- --nocapture
 
 step "infrastructure tests: Kafka and the database through the client crates"
 cargo test -p tests --locked --quiet --test kafka --test mongo
 
 step "end-to-end: the real binaries on the real Kafka and database"
-cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults --test saga_live --test tracing
+cargo test -p tests --locked --quiet --test saga_outcomes --test saga_faults --test saga_live --test tracing \
+  --test bench_smoke
 cargo test -p tests --locked --quiet --test saga_load -- --nocapture
 
 step "deployment config: docker-compose.yml, Prometheus and Grafana files against the code; metrics of the real binaries; Prometheus scraping them"
@@ -61,5 +66,8 @@ cargo test -p tests --locked --quiet --test deploy_config
 
 step "database restart (alone: it restarts the shared database)"
 cargo test -p tests --locked --quiet --test db_restart
+
+step "chaos: kills, pauses, a partition, broker and database restarts under load (alone, one test at a time: it restarts the shared broker and database)"
+cargo test -p tests --locked --quiet --test chaos -- --test-threads=1 --nocapture
 
 info "all tests passed"

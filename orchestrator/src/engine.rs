@@ -269,7 +269,7 @@ impl Engine {
         next.state = state;
         let cause = Some(message.meta.message_id);
         let outbox_entry = |step, attempt, outgoing| OutboxEntry {
-            message_id: Uuid::now_v7(),
+            message_id: proto_events::ids::new_v7(),
             causation_id: cause,
             time: now,
             step,

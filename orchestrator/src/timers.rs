@@ -243,5 +243,13 @@ fn saga_span(saga_id: Uuid, correlation_id: Uuid, traceparent: Option<&str>) -> 
 }
 
 fn meta(saga_id: Uuid, correlation_id: Uuid, step: u16, attempt: u32, now: DateTime<Utc>) -> Meta {
-    Meta { message_id: Uuid::now_v7(), saga_id, step, attempt, correlation_id, causation_id: None, time: now }
+    Meta {
+        message_id: proto_events::ids::new_v7(),
+        saga_id,
+        step,
+        attempt,
+        correlation_id,
+        causation_id: None,
+        time: now,
+    }
 }

@@ -65,7 +65,7 @@ impl Meta {
     /// Metadata for a new message caused by `cause` (same saga and correlation), about `step` and `attempt`.
     pub fn caused_by(cause: &Meta, step: u16, attempt: u32, time: DateTime<Utc>) -> Self {
         Self {
-            message_id: Uuid::now_v7(),
+            message_id: crate::ids::new_v7(),
             saga_id: cause.saga_id,
             step,
             attempt,

@@ -6,6 +6,7 @@
 //! - [`envelope`]: the envelope every message travels in, and the Kafka header names.
 //! - [`commands`], [`replies`], [`events`]: the typed payloads, each with a message type and a schema version.
 //! - [`message`]: building a message (validated) and decoding one (validated, older versions upcast).
+//! - [`ids`]: new order and message ids (UUIDv7, or a seeded sequence inside a deterministic simulation).
 //! - [`registry`]: every message type and version, for JSON Schema generation and compatibility tests.
 //! - [`topics`]: topic names.
 //!
@@ -17,6 +18,7 @@
 pub mod commands;
 pub mod envelope;
 pub mod events;
+pub mod ids;
 pub mod message;
 pub mod registry;
 pub mod replies;

@@ -53,6 +53,7 @@ where
     }
 }
 
+pub mod chaos;
 pub mod duplicator;
 pub mod events;
 pub mod otlp;

@@ -53,6 +53,8 @@ pub struct Service {
     env: BTreeMap<String, String>,
     log: PathBuf,
     child: Option<Child>,
+    /// A command the binary runs under, such as `ip netns exec <ns>` (empty: run it directly).
+    wrapper: Vec<String>,
 }
 
 impl Service {
@@ -60,7 +62,18 @@ impl Service {
         let port = free_port();
         let mut env = env;
         env.insert("HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
-        Self { name, port, env, log, child: None }
+        Self { name, port, env, log, child: None, wrapper: Vec::new() }
+    }
+
+    /// Runs the binary under `wrapper` from the next start on (for example `["ip", "netns", "exec", ns]`,
+    /// which execs it, so the process id is still the service's).
+    pub fn run_under(&mut self, wrapper: Vec<String>) {
+        self.wrapper = wrapper;
+    }
+
+    /// Sets an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: String) {
+        self.env.insert(key.to_owned(), value);
     }
 
     /// Starts the process (its output appended to its log file).
@@ -69,7 +82,15 @@ impl Service {
         let binary = bin_dir().join(self.name);
         assert!(binary.exists(), "{} is missing: build it first (`cargo build --workspace`)", binary.display());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
-        let child = Command::new(&binary)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        let child = command
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -77,6 +98,11 @@ impl Service {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         self.child = Some(child);
+    }
+
+    /// Whether the process was started and has not exited (a service that dies by itself is a bug).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// The process id, while running.

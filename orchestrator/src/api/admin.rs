@@ -388,7 +388,7 @@ fn plan(app: &AppState, saga: &SagaRecord, action: OperatorAction, reason: &str)
 async fn publish(app: &AppState, saga: &SagaRecord, command: OperatorCommand) -> Result<Uuid, Problem> {
     let (step, attempt) = saga.state.phase.step_attempt().unwrap_or((0, 0));
     let meta = Meta {
-        message_id: Uuid::now_v7(),
+        message_id: proto_events::ids::new_v7(),
         saga_id: saga.id,
         step,
         attempt,

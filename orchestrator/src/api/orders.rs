@@ -163,7 +163,7 @@ async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]
     let amount_cents = total(&order)?;
     let customer_ref = app.customer_refs.of(&order.customer_id);
     let key = idempotency_key(headers)?;
-    let mut order_id = Uuid::now_v7();
+    let mut order_id = proto_events::ids::new_v7();
     let mut fresh = true;
     if let Some(key) = key {
         let request_hash = hex::encode(Sha256::digest(body));
@@ -225,7 +225,7 @@ fn correlation_id(headers: &HeaderMap) -> Uuid {
         .get("x-correlation-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Uuid::parse_str(v).ok())
-        .unwrap_or_else(Uuid::now_v7)
+        .unwrap_or_else(proto_events::ids::new_v7)
 }
 
 fn new_saga(
@@ -247,7 +247,7 @@ fn new_saga(
         .map(|i| OrderLine { sku: i.sku.clone(), quantity: i.quantity, unit_price_cents: i.unit_price_cents })
         .collect();
     let start = OutboxEntry {
-        message_id: Uuid::now_v7(),
+        message_id: proto_events::ids::new_v7(),
         causation_id: None,
         time: now,
         step: 0,

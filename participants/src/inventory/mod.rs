@@ -361,7 +361,7 @@ impl<S: StockStore> Inventory<S> {
         let known = cache.available.contains_key(sku);
         let delta = target - cache.get(sku);
         if delta != 0 || !known {
-            let id = Uuid::now_v7().to_string();
+            let id = proto_events::ids::new_v7().to_string();
             let restock = StockMove::restock(&id, sku, delta, self.clock.now());
             cache.begin(Unsure::Restock(restock.clone()));
             self.store.insert_moves(std::slice::from_ref(&restock)).await?;
