@@ -24,7 +24,7 @@ start() {
     [ -x "$REPO_DIR/target/release/$name" ] || die "target/release/$name is missing; run 'make build'"
     [ -f "$DIR/$name.log" ] && mv "$DIR/$name.log" "$DIR/$name.log.1"
     HTTP_ADDR="127.0.0.1:$port" start_daemon "$DIR/$name.pid" "$DIR/$name.log" "$REPO_DIR/target/release/$name"
-    wait_until 60 "$DIR/$name.pid" "$DIR/$name.log" "$name" curl -fsS -o /dev/null "http://127.0.0.1:$port/ready"
+    wait_until 60 "$DIR/$name.pid" "$DIR/$name.log" "$name" curl -fs -o /dev/null "http://127.0.0.1:$port/ready"
     info "$name ready on 127.0.0.1:$port"
   done
 }

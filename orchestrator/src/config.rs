@@ -26,7 +26,8 @@ pub struct Settings {
     pub group_id: String,
     /// `SAGA_STEP_TIMEOUT_MS`, default 10000: how long a step waits for its reply before it is retried.
     pub step_timeout: Duration,
-    /// `SAGA_TIMER_INTERVAL_MS` (default 200), `SAGA_START_GRACE_MS` (5000), `SAGA_TIMER_REFIRE_MS` (5000).
+    /// `SAGA_TIMER_INTERVAL_MS` (default 200), `SAGA_START_GRACE_MS` (5000), `SAGA_START_SWEEP_MS` (60000),
+    /// `SAGA_TIMER_REFIRE_MS` (5000).
     pub timer: TimerSettings,
     /// `CUSTOMER_REF_KEY`: the secret behind customer references. Never logged.
     pub customer_ref_key: String,
@@ -60,6 +61,7 @@ impl Settings {
             timer: TimerSettings {
                 interval: millis("SAGA_TIMER_INTERVAL_MS", 200)?,
                 start_grace: millis("SAGA_START_GRACE_MS", 5_000)?,
+                start_sweep_every: millis("SAGA_START_SWEEP_MS", 60_000)?,
                 refire_after: millis("SAGA_TIMER_REFIRE_MS", 5_000)?,
             },
             customer_ref_key: config::string("CUSTOMER_REF_KEY", DEV_CUSTOMER_REF_KEY),

@@ -87,10 +87,9 @@ impl SagaGauges {
 
     /// Reads the store once and sets the gauges.
     pub async fn update(&self) -> Result<(), store::Error> {
-        let summary = summarize(self.store.state_times().await?);
-        self.metrics.set_states(&summary, self.clock.now());
-        let backlog = self.store.outbox_backlog().await?;
-        self.metrics.outbox_backlog.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        let census = self.store.census().await?;
+        self.metrics.set_states(&summarize(census.states), self.clock.now());
+        self.metrics.outbox_backlog.set(i64::try_from(census.backlog).unwrap_or(i64::MAX));
         Ok(())
     }
 }

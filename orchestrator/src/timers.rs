@@ -30,9 +30,12 @@ use crate::store::SagaStore;
 pub struct TimerSettings {
     /// Time between looks at the deadlines.
     pub interval: Duration,
-    /// How long a stored saga may stay in STARTED before its start is published again; also how often the
-    /// store is swept for such sagas.
+    /// How long a stored saga may stay in STARTED before its start is published again.
     pub start_grace: Duration,
+    /// How often the store is swept for such sagas (at least `start_grace`). The sweep filters on the state,
+    /// which FerretDB answers by scanning the whole collection, so it is kept rare: it only catches a start
+    /// whose publication was lost when the instance that took the order died.
+    pub start_sweep_every: Duration,
     /// How long before the same deadline is published again if it is still pending.
     pub refire_after: Duration,
 }
@@ -198,7 +201,9 @@ impl Timer {
             published += 1;
         }
         let grace = TimeDelta::from_std(self.settings.start_grace).unwrap_or(TimeDelta::MAX);
-        if self.last_sweep.is_none_or(|at| now - at >= grace) {
+        let every = TimeDelta::from_std(self.settings.start_sweep_every.max(self.settings.start_grace))
+            .unwrap_or(TimeDelta::MAX);
+        if self.last_sweep.is_none_or(|at| now - at >= every) {
             self.last_sweep = Some(now);
             published += self.sweep_not_started(now, grace).await?;
         }

@@ -429,8 +429,12 @@ async fn a_shipment_that_never_answers_is_retried_with_growing_back_off_then_com
 }
 
 fn timer(h: &Harness, owned: &[i32], refire_after: Duration) -> Timer {
-    let settings =
-        TimerSettings { interval: Duration::from_millis(10), start_grace: Duration::from_secs(60), refire_after };
+    let settings = TimerSettings {
+        interval: Duration::from_millis(10),
+        start_grace: Duration::from_secs(60),
+        start_sweep_every: Duration::from_secs(60),
+        refire_after,
+    };
     let ownership = Arc::new(Ownership::default());
     ownership.assign(owned);
     let store: Arc<dyn SagaStore> = h.store.clone();

@@ -404,7 +404,7 @@ async fn pending_and_not_started_select_by_partition_and_state() {
 }
 
 #[tokio::test]
-async fn state_times_and_the_outbox_backlog_cover_every_saga_in_both_stores() {
+async fn the_census_of_states_and_outbox_backlog_covers_every_saga_in_both_stores() {
     let (db, mongo) = store("gauges").await;
     let memory = orchestrator::store::memory::MemoryStore::new();
     let mut running_old = settled(0, Phase::Running { step: 1, attempt: 2 }, None);
@@ -417,20 +417,20 @@ async fn state_times_and_the_outbox_backlog_cover_every_saga_in_both_stores() {
     log_only.pending_log.push(log_entry(log_only.id, 4, "unflushed"));
     let sagas = [&running_old, &running_new, &parked, &log_only, &saga(2, Phase::Completed, None)];
     for store in [&mongo as &dyn SagaStore, &memory] {
-        assert!(store.state_times().await.expect("state times").is_empty());
-        assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+        assert_eq!(store.census().await.expect("census"), Default::default());
         for saga in sagas {
             store.insert(saga).await.expect("insert");
         }
-        let mut times = store.state_times().await.expect("state times");
+        let census = store.census().await.expect("census");
+        let mut times = census.states;
         times.sort();
         let mut expected: Vec<(String, DateTime<Utc>)> =
             sagas.iter().map(|s| (s.state.phase.name().to_owned(), s.state_since)).collect();
         expected.sort();
         assert_eq!(times, expected, "{store:?}");
-        assert_eq!(store.outbox_backlog().await.expect("backlog"), 3, "{store:?}: outbox or timeline pending");
+        assert_eq!(census.backlog, 3, "{store:?}: outbox or timeline pending");
         store.clear_pending(running_new.id, running_new.version).await.expect("clear");
-        assert_eq!(store.outbox_backlog().await.expect("backlog"), 2, "{store:?}");
+        assert_eq!(store.census().await.expect("census").backlog, 2, "{store:?}");
     }
     db.drop().await.expect("drop the test database");
 }

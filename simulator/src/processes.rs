@@ -36,6 +36,7 @@ use crate::stores::{FaultyStore, Shared};
 pub const TIMER: TimerSettings = TimerSettings {
     interval: Duration::from_millis(200),
     start_grace: Duration::from_secs(5),
+    start_sweep_every: Duration::from_secs(60),
     refire_after: Duration::from_secs(5),
 };
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator::model::{LogEntry, OrderPii, SagaRecord};
 use orchestrator::store::memory::MemoryStore;
-use orchestrator::store::{Claim, Due, Error, SagaFilter, SagaStore};
+use orchestrator::store::{Census, Claim, Due, Error, SagaFilter, SagaStore};
 use participants::inventory::MemoryStockStore;
 use participants::inventory::store::{Reservation, StockMove, StockStore};
 use participants::payment::MemoryPaymentStore;
@@ -183,14 +183,9 @@ impl SagaStore for FaultyStore {
         after("store.claim_idempotency_key", claimed, fault)
     }
 
-    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
-        self.read("store.state_times")?;
-        self.inner.state_times().await
-    }
-
-    async fn outbox_backlog(&self) -> Result<u64, Error> {
-        self.read("store.outbox_backlog")?;
-        self.inner.outbox_backlog().await
+    async fn census(&self) -> Result<Census, Error> {
+        self.read("store.census")?;
+        self.inner.census().await
     }
 }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use saga_defs::Phase;
 use uuid::Uuid;
 
-use super::{Claim, Due, Error, SagaFilter, SagaStore};
+use super::{Census, Claim, Due, Error, SagaFilter, SagaStore};
 use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
@@ -199,12 +199,10 @@ impl SagaStore for MemoryStore {
         Ok(Claim::New)
     }
 
-    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
-        Ok(self.lock().sagas.values().map(|s| (s.state.phase.name().to_owned(), s.state_since)).collect())
-    }
-
-    async fn outbox_backlog(&self) -> Result<u64, Error> {
-        let pending = self.lock().sagas.values().filter(|s| s.has_pending()).count();
-        Ok(u64::try_from(pending).unwrap_or(u64::MAX))
+    async fn census(&self) -> Result<Census, Error> {
+        let inner = self.lock();
+        let states = inner.sagas.values().map(|s| (s.state.phase.name().to_owned(), s.state_since)).collect();
+        let pending = inner.sagas.values().filter(|s| s.has_pending()).count();
+        Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
     }
 }

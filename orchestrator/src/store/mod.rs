@@ -157,11 +157,16 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// Claims `key` for `order_id` (a new order of request `request_hash`), or says who has it.
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
 
-    /// The state name (`RUNNING`, ...) of every saga and when it entered that state, in no particular order
-    /// (a background query for the metrics: it scans every saga, reading only those two fields).
-    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error>;
+    /// Every saga's state and outbox backlog, for the metrics: one background query that scans every saga,
+    /// reading only its state, when it entered it and whether it has pending work.
+    async fn census(&self) -> Result<Census, Error>;
+}
 
-    /// How many sagas have an outbox (and the timeline entries flushed with it) not flushed yet (a
-    /// background query for the metrics; it may scan).
-    async fn outbox_backlog(&self) -> Result<u64, Error>;
+/// What the saga gauges are computed from: see [`SagaStore::census`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// The state name (`RUNNING`, ...) of every saga and when it entered that state, in no particular order.
+    pub states: Vec<(String, DateTime<Utc>)>,
+    /// How many sagas have an outbox (and the timeline entries flushed with it) not flushed yet.
+    pub backlog: u64,
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 use uuid::Uuid;
 
-use super::{Claim, Due, Error, SagaFilter, SagaStore};
+use super::{Census, Claim, Due, Error, SagaFilter, SagaStore};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
@@ -556,24 +556,22 @@ impl SagaStore for MongoStore {
     }
 
     /// Scans `sagas` for two fields of each: no filter, since FerretDB answers only `{_id}` from an index.
-    async fn state_times(&self) -> Result<Vec<(String, DateTime<Utc>)>, Error> {
+    async fn census(&self) -> Result<Census, Error> {
         let cursor = self
             .sagas
             .clone_with_type::<Document>()
             .find(doc! {})
-            .projection(doc! { "_id": 0, "state": 1, "state_since": 1 })
+            .projection(doc! { "_id": 0, "state": 1, "state_since": 1, "pending": 1 })
             .await
             .map_err(db("read saga states"))?;
         let docs = collect(cursor, "read saga states").await?;
-        Ok(docs
+        let states = docs
             .iter()
             .filter_map(|d| {
                 Some((d.get_str("state").ok()?.to_owned(), d.get_datetime("state_since").ok()?.to_chrono()))
             })
-            .collect())
-    }
-
-    async fn outbox_backlog(&self) -> Result<u64, Error> {
-        self.sagas.count_documents(doc! { "pending": true }).await.map_err(db("count pending sagas"))
+            .collect();
+        let pending = docs.iter().filter(|d| d.get_bool("pending").unwrap_or(false)).count();
+        Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
     }
 }
