@@ -30,8 +30,8 @@ chaos: infra-up ## Only the chaos suite (faults under load; restarts the shared 
 	cargo build --workspace --bins --locked
 	cargo test -p tests --locked --test chaos -- --test-threads=1 --nocapture
 
-build: ## Build the services (release)
-	cargo build --release --workspace --bins --locked
+build: ## Build the services, saga-topics and sagactl (release); `make sim` and `make bench` build their own tools
+	cargo build --release --locked -p platform -p orchestrator -p participants --bins
 
 infra-up: ## Start Kafka and the database (reusing what runs) and create the topics
 	@ops/infra.sh up
