@@ -4,10 +4,10 @@
 //! `SAGA_GAUGE_INTERVAL_SECS` by every instance, so every instance exports the same figures (a dashboard
 //! takes any one of them, with `max`).
 //!
-//! The store returns each saga's state and the time it entered it, and the counts and oldest times are
-//! computed here ([`summarize`]): FerretDB's `$group` has only `$sum` and `$count`, and would scan anyway.
+//! The store streams each saga's state and the time it entered it into a [`StateSummary`] (counts and
+//! oldest times, so memory does not grow with the stored sagas): FerretDB's `$group` has only `$sum` and
+//! `$count`, and would scan anyway.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,41 +16,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+pub use crate::store::StateSummary;
 use crate::store::{self, SagaStore};
-
-/// How many sagas are in each state and since when the oldest of them is there.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StateSummary {
-    counts: BTreeMap<String, u64>,
-    oldest: BTreeMap<String, DateTime<Utc>>,
-}
-
-impl StateSummary {
-    /// How many sagas are in `state`.
-    pub fn count(&self, state: &str) -> u64 {
-        self.counts.get(state).copied().unwrap_or(0)
-    }
-
-    /// When the saga longest in `state` entered it, if any saga is in it.
-    pub fn oldest_since(&self, state: &str) -> Option<DateTime<Utc>> {
-        self.oldest.get(state).copied()
-    }
-
-    /// Seconds the saga longest in `state` has been in it at `now`; 0 when no saga is in it.
-    pub fn oldest_age_seconds(&self, state: &str, now: DateTime<Utc>) -> f64 {
-        let since = self.oldest_since(state).unwrap_or(now);
-        (now - since).num_milliseconds().max(0) as f64 / 1000.0
-    }
-}
 
 /// Counts the sagas of each state and finds the earliest time one entered it, from `(state, state_since)`
 /// pairs.
 pub fn summarize<S: AsRef<str>>(sagas: impl IntoIterator<Item = (S, DateTime<Utc>)>) -> StateSummary {
     let mut summary = StateSummary::default();
     for (state, since) in sagas {
-        let state = state.as_ref();
-        *summary.counts.entry(state.to_owned()).or_default() += 1;
-        summary.oldest.entry(state.to_owned()).and_modify(|oldest| *oldest = since.min(*oldest)).or_insert(since);
+        summary.add(state.as_ref(), since);
     }
     summary
 }
@@ -88,7 +62,7 @@ impl SagaGauges {
     /// Reads the store once and sets the gauges.
     pub async fn update(&self) -> Result<(), store::Error> {
         let census = self.store.census().await?;
-        self.metrics.set_states(&summarize(census.states), self.clock.now());
+        self.metrics.set_states(&census.states, self.clock.now());
         self.metrics.outbox_backlog.set(i64::try_from(census.backlog).unwrap_or(i64::MAX));
         Ok(())
     }

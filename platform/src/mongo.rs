@@ -88,6 +88,23 @@ pub async fn ensure_indexes<T: Send + Sync>(
     Ok(())
 }
 
+/// Drops those of the indexes named `names` that `collection` has (a collection that does not exist has
+/// none). For indexes a server cannot use: on FerretDB a secondary index is only a cost on every write.
+pub async fn drop_indexes<T: Send + Sync>(
+    collection: &mongodb::Collection<T>,
+    names: &[String],
+) -> Result<(), mongodb::error::Error> {
+    let existing = match collection.list_index_names().await {
+        Ok(existing) => existing,
+        Err(e) if matches!(&*e.kind, mongodb::error::ErrorKind::Command(c) if c.code == 26) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in names.iter().filter(|n| existing.contains(n)) {
+        collection.drop_index(name).await?;
+    }
+    Ok(())
+}
+
 /// Which server speaks the MongoDB protocol at the other end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use saga_defs::Phase;
 use uuid::Uuid;
 
-use super::{Census, Claim, Due, Error, SagaFilter, SagaStore};
+use super::{Census, Claim, Due, Error, SagaFilter, SagaStore, StateSummary};
 use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
@@ -201,7 +201,10 @@ impl SagaStore for MemoryStore {
 
     async fn census(&self) -> Result<Census, Error> {
         let inner = self.lock();
-        let states = inner.sagas.values().map(|s| (s.state.phase.name().to_owned(), s.state_since)).collect();
+        let mut states = StateSummary::default();
+        for saga in inner.sagas.values() {
+            states.add(saga.state.phase.name(), saga.state_since);
+        }
         let pending = inner.sagas.values().filter(|s| s.has_pending()).count();
         Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
     }

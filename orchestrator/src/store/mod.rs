@@ -7,6 +7,8 @@
 //! single writer keeps FerretDB (whose conditional updates are not atomic) correct.
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -158,15 +160,57 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
 
     /// Every saga's state and outbox backlog, for the metrics: one background query that scans every saga,
-    /// reading only its state, when it entered it and whether it has pending work.
+    /// reading only its state, when it entered it and whether it has pending work, and folds them into counts
+    /// as they arrive (memory stays flat however many sagas are stored).
     async fn census(&self) -> Result<Census, Error>;
 }
 
 /// What the saga gauges are computed from: see [`SagaStore::census`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Census {
-    /// The state name (`RUNNING`, ...) of every saga and when it entered that state, in no particular order.
-    pub states: Vec<(String, DateTime<Utc>)>,
+    /// The sagas per state name (`RUNNING`, ...), and when the oldest of each state entered it.
+    pub states: StateSummary,
     /// How many sagas have an outbox (and the timeline entries flushed with it) not flushed yet.
     pub backlog: u64,
+}
+
+/// How many sagas are in each state and since when the oldest of them is there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateSummary {
+    counts: BTreeMap<String, u64>,
+    oldest: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl StateSummary {
+    /// Counts one saga that entered `state` at `since`.
+    pub fn add(&mut self, state: &str, since: DateTime<Utc>) {
+        match self.counts.get_mut(state) {
+            Some(count) => *count += 1,
+            None => {
+                self.counts.insert(state.to_owned(), 1);
+            }
+        }
+        match self.oldest.get_mut(state) {
+            Some(oldest) => *oldest = since.min(*oldest),
+            None => {
+                self.oldest.insert(state.to_owned(), since);
+            }
+        }
+    }
+
+    /// How many sagas are in `state`.
+    pub fn count(&self, state: &str) -> u64 {
+        self.counts.get(state).copied().unwrap_or(0)
+    }
+
+    /// When the saga longest in `state` entered it, if any saga is in it.
+    pub fn oldest_since(&self, state: &str) -> Option<DateTime<Utc>> {
+        self.oldest.get(state).copied()
+    }
+
+    /// Seconds the saga longest in `state` has been in it at `now`; 0 when no saga is in it.
+    pub fn oldest_age_seconds(&self, state: &str, now: DateTime<Utc>) -> f64 {
+        let since = self.oldest_since(state).unwrap_or(now);
+        (now - since).num_milliseconds().max(0) as f64 / 1000.0
+    }
 }

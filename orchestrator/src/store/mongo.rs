@@ -13,13 +13,13 @@ use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
-use platform::mongo::{Flavor, ensure_indexes};
+use platform::mongo::{Flavor, drop_indexes, ensure_indexes};
 use saga_defs::{Deadline, Phase, Resolution, SagaState};
 use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 use uuid::Uuid;
 
-use super::{Census, Claim, Due, Error, SagaFilter, SagaStore};
+use super::{Census, Claim, Due, Error, SagaFilter, SagaStore, StateSummary};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
@@ -264,8 +264,21 @@ impl SagaStore for MongoStore {
             index(doc! { "partition": 1, "state": 1, "created_at": 1 }, "partition_state_created", false),
             index(doc! { "status": 1, "updated_at": 1 }, "status_updated", false),
         ];
-        ensure_indexes(&self.sagas, saga_indexes).await.map_err(db("create saga indexes"))?;
+        // The timeline's `_id` is the saga id and sequence number, so uniqueness holds without this index;
+        // it serves the timeline query.
         let log_index = vec![index(doc! { "saga_id": 1, "seq": 1 }, "saga_seq", true)];
+        if self.flavor == Flavor::FerretDb {
+            // FerretDB answers only an exact `{_id}` filter from an index, so a secondary index would be
+            // maintained on every write and never read: the sweeps and the timeline query scan either way.
+            // (Dropped where an earlier version created them.)
+            let names = |models: &[IndexModel]| {
+                models.iter().filter_map(|m| m.options.as_ref()?.name.clone()).collect::<Vec<_>>()
+            };
+            drop_indexes(&self.sagas, &names(&saga_indexes)).await.map_err(db("drop saga indexes"))?;
+            drop_indexes(&self.log, &names(&log_index)).await.map_err(db("drop saga_log index"))?;
+            return Ok(());
+        }
+        ensure_indexes(&self.sagas, saga_indexes).await.map_err(db("create saga indexes"))?;
         ensure_indexes(&self.log, log_index).await.map_err(db("create saga_log index"))?;
         Ok(())
     }
@@ -557,21 +570,20 @@ impl SagaStore for MongoStore {
 
     /// Scans `sagas` for two fields of each: no filter, since FerretDB answers only `{_id}` from an index.
     async fn census(&self) -> Result<Census, Error> {
-        let cursor = self
+        let mut cursor = self
             .sagas
             .clone_with_type::<Document>()
             .find(doc! {})
             .projection(doc! { "_id": 0, "state": 1, "state_since": 1, "pending": 1 })
             .await
             .map_err(db("read saga states"))?;
-        let docs = collect(cursor, "read saga states").await?;
-        let states = docs
-            .iter()
-            .filter_map(|d| {
-                Some((d.get_str("state").ok()?.to_owned(), d.get_datetime("state_since").ok()?.to_chrono()))
-            })
-            .collect();
-        let pending = docs.iter().filter(|d| d.get_bool("pending").unwrap_or(false)).count();
-        Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
+        let (mut states, mut pending) = (StateSummary::default(), 0_u64);
+        while let Some(doc) = cursor.try_next().await.map_err(db("read saga states"))? {
+            if let (Ok(state), Ok(since)) = (doc.get_str("state"), doc.get_datetime("state_since")) {
+                states.add(state, since.to_chrono());
+            }
+            pending += u64::from(doc.get_bool("pending").unwrap_or(false));
+        }
+        Ok(Census { states, backlog: pending })
     }
 }
