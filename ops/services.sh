@@ -19,7 +19,15 @@ start() {
   mkdir -p "$DIR"
   for entry in "${SERVICES[@]}"; do
     local name=${entry%%:*} port=${entry##*:}
-    if pid_alive "$DIR/$name.pid"; then info "$name already running (pid $(cat "$DIR/$name.pid"))"; continue; fi
+    if pid_alive "$DIR/$name.pid"; then
+      # A binary rebuilt since the service started (make up after a code change) replaces the running one.
+      if [ "$REPO_DIR/target/release/$name" -nt "$DIR/$name.pid" ]; then
+        info "$name was rebuilt since it started; restarting it"
+        stop_pid "$DIR/$name.pid" "$name"
+      else
+        info "$name already running (pid $(cat "$DIR/$name.pid"))"; continue
+      fi
+    fi
     require_free_port "$port" "$name" "$(tr a-z- A-Z_ <<<"$name")_PORT"
     [ -x "$REPO_DIR/target/release/$name" ] || die "target/release/$name is missing; run 'make build'"
     [ -f "$DIR/$name.log" ] && mv "$DIR/$name.log" "$DIR/$name.log.1"

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cache::SagaCache;
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
 use crate::timers::Deadlines;
@@ -60,6 +61,7 @@ struct RebalanceContext {
     topic: String,
     ownership: Arc<Ownership>,
     deadlines: Arc<Deadlines>,
+    cache: Arc<SagaCache>,
     assigned: mpsc::UnboundedSender<Vec<i32>>,
     lag: ConsumerLag,
 }
@@ -83,6 +85,7 @@ impl ConsumerContext for RebalanceContext {
             tracing::info!(?revoked, "partitions revoked");
             self.ownership.revoke(&revoked);
             self.deadlines.forget(&revoked);
+            self.cache.forget(&revoked);
         }
     }
 
@@ -134,7 +137,8 @@ impl ReplyConsumer {
         let topic = settings.topic(topics::REPLY);
         let (tx, assigned) = mpsc::unbounded_channel();
         let lag = ConsumerLag::new(metrics.service.kafka.clone());
-        let context = RebalanceContext { topic: topic.clone(), ownership, deadlines, assigned: tx, lag };
+        let cache = engine.cache().clone();
+        let context = RebalanceContext { topic: topic.clone(), ownership, deadlines, cache, assigned: tx, lag };
         let consumer: StreamConsumer<RebalanceContext> =
             settings.service_consumer_config(group_id).create_with_context(context)?;
         consumer.subscribe(&[&topic])?;

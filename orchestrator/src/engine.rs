@@ -1,7 +1,8 @@
 //! The saga engine: applies one message to its saga and makes the result durable and visible.
 //!
 //! For every message read from a saga's partition, in order:
-//! 1. load the saga; first flush whatever an earlier run stored but did not publish (crash recovery);
+//! 1. load the saga (from the [cache](crate::cache) of sagas in flight, else the store); first flush whatever
+//!    an earlier run stored but did not publish (crash recovery);
 //! 2. compute the new state and actions with the pure core ([`saga_defs::apply`]);
 //! 3. write the new state, the messages to send (outbox) and the timeline entry in ONE conditional
 //!    document update (version + 1): from here on the transition is durable, and the caller may store the
@@ -23,6 +24,7 @@ use saga_defs::{Action, Definition, OperatorAction, Phase, Resolution, SagaEvent
 use uuid::Uuid;
 
 use crate::bus::Bus;
+use crate::cache::SagaCache;
 use crate::clock::Clock;
 use crate::definitions::Definitions;
 use crate::metrics::{AttemptOutcome, FenceLabel, Metrics, StepLabel, TopicLabel, step_label};
@@ -97,6 +99,7 @@ pub struct Engine {
     definitions: Arc<Definitions>,
     metrics: Arc<Metrics>,
     deadlines: Arc<Deadlines>,
+    cache: Arc<SagaCache>,
 }
 
 impl Engine {
@@ -109,7 +112,12 @@ impl Engine {
         metrics: Arc<Metrics>,
         deadlines: Arc<Deadlines>,
     ) -> Self {
-        Self { store, bus, clock, definitions, metrics, deadlines }
+        Self { store, bus, clock, definitions, metrics, deadlines, cache: Arc::new(SagaCache::default()) }
+    }
+
+    /// The sagas in flight this engine wrote last; the owner of the partitions forgets those of revoked ones.
+    pub fn cache(&self) -> &Arc<SagaCache> {
+        &self.cache
     }
 
     /// The saga store.
@@ -121,24 +129,53 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(saga_id = %message.meta.saga_id, message_type = message.body.message_type()))]
     pub async fn handle(&self, message: &Message, origin: &Origin) -> Result<Outcome, Error> {
         let Some(event) = to_event(message) else { return Ok(Outcome::NotForOrchestrator) };
-        let Some(saga) = self.store.get(message.meta.saga_id).await? else {
-            tracing::warn!(offset = origin.offset, partition = origin.partition, "message for an unknown saga");
-            self.metrics.fenced.get_or_create(&FenceLabel { fence: "unknown_saga".into() }).inc();
-            return Ok(Outcome::UnknownSaga);
+        let saga_id = message.meta.saga_id;
+        let cached = self.cache.get(saga_id);
+        let saga = match cached {
+            Some(saga) => saga,
+            None => match self.store.get(saga_id).await? {
+                Some(saga) => saga,
+                None => {
+                    tracing::warn!(offset = origin.offset, partition = origin.partition, "message for an unknown saga");
+                    self.metrics.fenced.get_or_create(&FenceLabel { fence: "unknown_saga".into() }).inc();
+                    return Ok(Outcome::UnknownSaga);
+                }
+            },
         };
-        let saga = self.settle(saga, &event).await?;
+        // Whatever fails from here (a version conflict with a stale cached copy included) is retried on the
+        // saga as stored.
+        let applied = self.transition(saga, &event, message, origin).await;
+        if applied.is_err() {
+            self.cache.remove(saga_id);
+        }
+        applied
+    }
+
+    /// Applies `event` (from `message`) to `saga`, writes the result, flushes it, and caches it.
+    async fn transition(
+        &self,
+        saga: SagaRecord,
+        event: &SagaEvent,
+        message: &Message,
+        origin: &Origin,
+    ) -> Result<Outcome, Error> {
+        let saga = self.settle(saga, event).await?;
         let definition = self.definition(&saga)?;
         let now = self.clock.now();
         let (state, actions) = match stale_operator(message, &saga) {
             Some(fence) => (saga.state.clone(), vec![Action::Ignore(fence)]),
-            None => apply(&saga.state, &event, definition, now),
+            None => apply(&saga.state, event, definition, now),
         };
-        let next = self.next_record(&saga, state, &actions, message, origin, definition, now);
+        let mut next = self.next_record(&saga, state, &actions, message, origin, definition, now);
         self.store.replace(&next, saga.version).await?;
         self.deadlines.track(&next);
-        self.observe(&saga, &next, &event, &actions, definition, now);
+        self.observe(&saga, &next, event, &actions, definition, now);
         self.flush(&next).await?;
-        Ok(outcome(&saga, &next, &actions))
+        let outcome = outcome(&saga, &next, &actions);
+        next.outbox.clear();
+        next.pending_log.clear();
+        self.cache.put(next);
+        Ok(outcome)
     }
 
     fn definition(&self, saga: &SagaRecord) -> Result<&Definition, Error> {

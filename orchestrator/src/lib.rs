@@ -3,7 +3,8 @@
 //! to the participants over Kafka and applies their replies, one writer per saga.
 //!
 //! - [`api`]: the HTTP interface (orders, health, readiness, metrics).
-//! - [`engine`]: applies a message to its saga: transition, durable write, outbox flush.
+//! - [`engine`]: applies a message to its saga: transition, durable write, outbox flush; [`cache`]: the
+//!   sagas in flight at the owner of their partition.
 //! - [`consumer`]: the `saga.reply` consumer, partition ownership and recovery.
 //! - [`timers`]: turns passed deadlines into messages on the saga's partition.
 //! - [`dlq`]: lists dead-lettered messages and replays them to their original topic.
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod consumer;

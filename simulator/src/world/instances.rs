@@ -105,6 +105,7 @@ impl World {
         let Some(instance) = self.orchestrators[slot].as_mut() else { return };
         instance.ownership.revoke(&[partition]);
         instance.deadlines.forget(&[partition]);
+        instance.engine.cache().forget(&[partition]);
         let name = instance.name.clone();
         if let Some(fetch) = instance.fetch.remove(&partition) {
             self.committed.insert((topics::REPLY, partition), fetch.stored());
@@ -222,6 +223,7 @@ impl World {
         let owned = instance.ownership.partitions();
         instance.ownership.revoke(&owned);
         instance.deadlines.forget(&owned);
+        instance.engine.cache().forget(&owned);
         instance.fetch.clear();
         self.note(format!("{name} learns reply partitions {owned:?} were revoked, and rejoins"));
         self.rebalance().await;
