@@ -19,17 +19,6 @@ use crate::metrics::Metrics;
 pub use crate::store::StateSummary;
 use crate::store::{self, SagaStore};
 
-/// The census reads every stored saga (FerretDB answers no filter but `{_id}` from an index), so its cost grows
-/// with the stored sagas (1.5 s of FerretDB's CPU at 7,600 sagas). It is kept to at most one `MAX_SHARE`th of
-/// the time: the gauges get staler, the sagas' own work keeps the database.
-const MAX_SHARE: u32 = 20;
-
-/// How long to wait after a census that took `took`: the configured interval, or longer, so that censuses
-/// take at most 1/[`MAX_SHARE`] of the time.
-pub fn next_wait(interval: Duration, took: Duration) -> Duration {
-    interval.max(took.saturating_mul(MAX_SHARE - 1))
-}
-
 /// Counts the sagas of each state and finds the earliest time one entered it, from `(state, state_since)`
 /// pairs.
 pub fn summarize<S: AsRef<str>>(sagas: impl IntoIterator<Item = (S, DateTime<Utc>)>) -> StateSummary {
@@ -69,7 +58,7 @@ impl SagaGauges {
                 tracing::warn!(%error, "reading the saga gauges failed; retrying at the next interval");
             }
             let took = started.elapsed();
-            wait = next_wait(self.interval, took);
+            wait = store::scan_interval(self.interval, took);
             if wait > self.interval {
                 tracing::debug!(
                     took_ms = took.as_millis(),
@@ -99,17 +88,6 @@ mod tests {
 
     fn t(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_767_225_600 + seconds, 0).expect("a valid instant")
-    }
-
-    #[test]
-    fn a_slow_census_runs_less_often_and_takes_at_most_a_twentieth_of_the_time() {
-        let interval = Duration::from_secs(15);
-        assert_eq!(next_wait(interval, Duration::from_millis(40)), interval, "a quick census keeps the interval");
-        assert_eq!(next_wait(interval, Duration::from_secs(2)), Duration::from_secs(38));
-        let took = Duration::from_secs(30);
-        let wait = next_wait(interval, took);
-        assert!(took.as_secs_f64() / (took + wait).as_secs_f64() <= 0.05 + f64::EPSILON, "{wait:?}");
-        assert_eq!(next_wait(interval, Duration::MAX), Duration::MAX, "no overflow");
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub struct Timer {
     /// Sagas whose start was published again, and when, so the sweep does not repeat it every time.
     restarted: HashMap<Uuid, DateTime<Utc>>,
     last_sweep: Option<DateTime<Utc>>,
+    /// How long the last start sweep took (on the timer's clock), which stretches the sweep interval.
+    last_sweep_took: TimeDelta,
 }
 
 impl Timer {
@@ -169,7 +171,17 @@ impl Timer {
         deadlines: Arc<Deadlines>,
         settings: TimerSettings,
     ) -> Self {
-        Self { store, bus, clock, ownership, deadlines, settings, restarted: HashMap::new(), last_sweep: None }
+        Self {
+            store,
+            bus,
+            clock,
+            ownership,
+            deadlines,
+            settings,
+            restarted: HashMap::new(),
+            last_sweep: None,
+            last_sweep_took: TimeDelta::zero(),
+        }
     }
 
     /// Looks at the deadlines every interval until `shutdown` is cancelled.
@@ -201,11 +213,16 @@ impl Timer {
             published += 1;
         }
         let grace = TimeDelta::from_std(self.settings.start_grace).unwrap_or(TimeDelta::MAX);
-        let every = TimeDelta::from_std(self.settings.start_sweep_every.max(self.settings.start_grace))
-            .unwrap_or(TimeDelta::MAX);
+        // The sweep scans every stored saga on FerretDB: it runs less often when it is slow.
+        let every = crate::store::scan_interval(
+            self.settings.start_sweep_every.max(self.settings.start_grace),
+            self.last_sweep_took.to_std().unwrap_or_default(),
+        );
+        let every = TimeDelta::from_std(every).unwrap_or(TimeDelta::MAX);
         if self.last_sweep.is_none_or(|at| now - at >= every) {
             self.last_sweep = Some(now);
             published += self.sweep_not_started(now, grace).await?;
+            self.last_sweep_took = self.clock.now() - now;
         }
         Ok(published)
     }
