@@ -14,13 +14,15 @@
 //! - [`load`]: the closed and open loops; [`api`] and [`sse`]: the HTTP calls and the event stream.
 //! - [`mix`], [`auth`]: the order mix and the customers' and operator's tokens.
 //! - [`latency`]: exact percentiles; [`point`]: one point's figures; [`steps`]: per-step latency.
-//! - [`procs`]: CPU and memory from `/proc`; [`floor`]: the Kafka and database floors;
+//! - [`procs`]: CPU and memory from `/proc`; [`dbops`]: database requests per saga; [`floor`]: the Kafka and
+//!   database floors;
 //!   [`environment`]: machine, versions and durability settings.
 //! - [`report`] and [`svg`]: the JSON, Markdown and SVG outputs.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dbops;
 pub mod environment;
 pub mod error;
 pub mod floor;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dbops::DbRequests;
 use crate::latency::Summary;
 use crate::load::{OrderSample, Window};
 use crate::mix::OrderKind;
@@ -104,6 +105,10 @@ pub struct PointResult {
     pub steps: StepReport,
     /// CPU and peak memory of each process over the window.
     pub processes: Vec<ProcessUsage>,
+    /// The database's requests over the window, per saga finished in it (absent when they could not be
+    /// read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_requests: Option<DbRequests>,
 }
 
 impl PointResult {
@@ -163,6 +168,7 @@ impl PointResult {
             error_examples,
             steps: StepReport::default(),
             processes: Vec::new(),
+            db_requests: None,
         }
     }
 }

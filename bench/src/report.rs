@@ -206,6 +206,7 @@ impl Report {
         self.write_points(&mut md);
         self.write_floors(&mut md);
         self.write_steps(&mut md);
+        self.write_db_requests(&mut md);
         self.write_outcomes(&mut md);
         let _ = writeln!(md, "## Method\n");
         for note in &self.method {
@@ -371,6 +372,30 @@ impl Report {
         let _ = writeln!(md);
     }
 
+    fn write_db_requests(&self, md: &mut String) {
+        let measured: Vec<(&PointResult, &crate::dbops::DbRequests)> =
+            self.points.iter().filter_map(|p| Some((p, p.db_requests.as_ref()?))).collect();
+        let Some((_, first)) = measured.first() else { return };
+        let mut commands: Vec<&String> = measured.iter().flat_map(|(_, r)| r.by_command.keys()).collect();
+        commands.sort();
+        commands.dedup();
+        let _ = writeln!(md, "## Database requests per saga (window; source: {})\n", first.source);
+        let header: Vec<String> = commands.iter().map(|c| cell(c)).collect();
+        let _ = writeln!(md, "| point | all | {} |", header.join(" | "));
+        let _ = writeln!(md, "|---|---|{}", "---|".repeat(commands.len()));
+        for (point, requests) in measured {
+            let per = |n: u64| {
+                let sagas = point.terminal_in_window;
+                if sagas == 0 { "-".to_owned() } else { format!("{:.2}", n as f64 / sagas as f64) }
+            };
+            let all = requests.per_saga.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}"));
+            let cells: Vec<String> =
+                commands.iter().map(|c| per(requests.by_command.get(*c).copied().unwrap_or(0))).collect();
+            let _ = writeln!(md, "| {} | {all} | {} |", point.label, cells.join(" | "));
+        }
+        let _ = writeln!(md);
+    }
+
     fn write_outcomes(&self, md: &mut String) {
         let _ = writeln!(md, "## Outcomes and errors\n");
         let _ = writeln!(md, "| point | sent | COMPLETED | CANCELLED | FAILED | unexpected | on connect | errors |");
@@ -496,6 +521,11 @@ pub(crate) mod tests {
                     rss_samples: 0,
                 },
             ],
+            db_requests: Some(crate::dbops::DbRequests {
+                source: "test".into(),
+                by_command: BTreeMap::from([("find".to_owned(), 150), ("insert".to_owned(), 110)]),
+                per_saga: Some(26.0),
+            }),
         }
     }
 

@@ -12,13 +12,13 @@ use crate::auth::Tokens;
 use crate::config::{OpenLoop, Plan, Target};
 use crate::environment::{Durability, Machine, Versions};
 use crate::error::{Error, Result};
-use crate::floor;
 use crate::load::{Driver, Window};
 use crate::mix::Schedule;
 use crate::point::{Mode, PointResult};
 use crate::procs::{self, ProcessSpec};
 use crate::report::{Floors, ProcessInfo, Ratios, Report, SCHEMA, method_notes};
 use crate::steps;
+use crate::{dbops, floor};
 
 /// The name of the bench's own process in the report.
 pub const SELF_PROCESS: &str = "saga-bench";
@@ -85,11 +85,16 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
         counter: Arc::new(AtomicU64::new(0)),
         run_id: format!("bench-{}", uuid::Uuid::now_v7().simple()),
     };
+    let counters = match target.mongo.client("saga-bench").await {
+        Ok(client) => dbops::Counters::detect(&client).await,
+        Err(e) => Err(Error::Config(format!("database client: {e}"))),
+    };
+    let counters = counters.map_err(|e| progress(&format!("database requests are not counted: {e}"))).ok();
     let ticks = procs::clock_ticks();
     let mut points = Vec::new();
     let closed = plan.concurrency.iter().map(|c| Mode::Closed { concurrency: *c });
     for mode in closed {
-        points.push(run_point(&driver, mode, plan, &specs, ticks, progress).await?);
+        points.push(run_point(&driver, mode, plan, &specs, counters.as_ref(), ticks, progress).await?);
     }
     let rates = match &plan.open_loop {
         OpenLoop::Off => Vec::new(),
@@ -103,7 +108,7 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
         }
     };
     for rate in rates {
-        points.push(run_point(&driver, Mode::Open { rate }, plan, &specs, ticks, progress).await?);
+        points.push(run_point(&driver, Mode::Open { rate }, plan, &specs, counters.as_ref(), ticks, progress).await?);
     }
 
     let ratios = Ratios::compute(&points, &floors);
@@ -148,6 +153,7 @@ async fn run_point(
     mode: Mode,
     plan: &Plan,
     specs: &[ProcessSpec],
+    counters: Option<&dbops::Counters>,
     ticks: u64,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<PointResult> {
@@ -165,6 +171,7 @@ async fn run_point(
     ));
     let window = Window::after(plan.warmup, plan.duration);
     let watch = tokio::spawn(procs::measure(specs.to_vec(), window, ticks));
+    let count = counters.cloned().map(|counters| tokio::spawn(dbops::measure(counters, window)));
     let samples = match mode {
         Mode::Closed { concurrency } => Box::pin(driver.closed(concurrency, window)).await,
         Mode::Open { rate } => Box::pin(driver.open(rate, plan.max_in_flight, window)).await,
@@ -173,17 +180,29 @@ async fn run_point(
     let processes = watch.await.unwrap_or_default();
     let mut point = PointResult::from_samples(mode, window, &samples, drain);
     point.processes = processes;
+    if let Some(count) = count {
+        match count.await {
+            Ok(Ok((before, after))) => {
+                let source = counters.map_or("", dbops::Counters::source);
+                point.db_requests = Some(dbops::DbRequests::between(source, &before, &after, point.terminal_in_window));
+            }
+            Ok(Err(error)) => progress(&format!("database requests of {} are not counted: {error}", point.label)),
+            Err(error) => progress(&format!("database requests of {} are not counted: {error}", point.label)),
+        }
+    }
     let ids: Vec<uuid::Uuid> =
         samples.iter().filter(|s| window.contains(s.due) && s.result.is_ok()).filter_map(|s| s.order_id).collect();
     point.steps = steps::sample(&driver.api, operator, &steps::spread(&ids, plan.step_sample)).await;
     let p = |f: fn(&crate::latency::Summary) -> f64| point.latency.as_ref().map_or(f64::NAN, f);
+    let requests = point.db_requests.as_ref().and_then(|r| r.per_saga);
     progress(&format!(
-        "{}: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+        "{}: {:.1} sagas/s, p50 {:.1} ms, p99 {:.1} ms, {} errors{}",
         point.label,
         point.sagas_per_s,
         p(|s| s.p50_ms),
         p(|s| s.p99_ms),
-        point.errors
+        point.errors,
+        requests.map_or_else(String::new, |n| format!(", {n:.1} database requests per saga"))
     ));
     tokio::time::sleep(SETTLE).await;
     Ok(point)
