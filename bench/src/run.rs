@@ -181,12 +181,11 @@ async fn run_point(
     let mut point = PointResult::from_samples(mode, window, &samples, drain);
     point.processes = processes;
     if let Some(count) = count {
-        match count.await {
-            Ok(Ok((before, after))) => {
+        match count.await.map_err(|e| e.to_string()).and_then(|readings| readings) {
+            Ok((before, after)) => {
                 let source = counters.map_or("", dbops::Counters::source);
                 point.db_requests = Some(dbops::DbRequests::between(source, &before, &after, point.terminal_in_window));
             }
-            Ok(Err(error)) => progress(&format!("database requests of {} are not counted: {error}", point.label)),
             Err(error) => progress(&format!("database requests of {} are not counted: {error}", point.label)),
         }
     }

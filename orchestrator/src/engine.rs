@@ -131,16 +131,11 @@ impl Engine {
         let Some(event) = to_event(message) else { return Ok(Outcome::NotForOrchestrator) };
         let saga_id = message.meta.saga_id;
         let cached = self.cache.get(saga_id);
-        let saga = match cached {
-            Some(saga) => saga,
-            None => match self.store.get(saga_id).await? {
-                Some(saga) => saga,
-                None => {
-                    tracing::warn!(offset = origin.offset, partition = origin.partition, "message for an unknown saga");
-                    self.metrics.fenced.get_or_create(&FenceLabel { fence: "unknown_saga".into() }).inc();
-                    return Ok(Outcome::UnknownSaga);
-                }
-            },
+        let stored = if cached.is_none() { self.store.get(saga_id).await? } else { None };
+        let Some(saga) = cached.or(stored) else {
+            tracing::warn!(offset = origin.offset, partition = origin.partition, "message for an unknown saga");
+            self.metrics.fenced.get_or_create(&FenceLabel { fence: "unknown_saga".into() }).inc();
+            return Ok(Outcome::UnknownSaga);
         };
         // Whatever fails from here (a version conflict with a stale cached copy included) is retried on the
         // saga as stored.

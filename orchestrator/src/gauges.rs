@@ -45,7 +45,7 @@ impl SagaGauges {
     }
 
     /// Updates the gauges every interval (the first time at once) until `shutdown` is cancelled; the
-    /// interval stretches when the census is slow (see [`next_wait`]).
+    /// interval stretches when the census is slow (see [`store::scan_interval`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut wait = Duration::ZERO;
         loop {

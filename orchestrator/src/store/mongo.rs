@@ -264,8 +264,8 @@ impl SagaStore for MongoStore {
             index(doc! { "partition": 1, "state": 1, "created_at": 1 }, "partition_state_created", false),
             index(doc! { "status": 1, "updated_at": 1 }, "status_updated", false),
         ];
-        // The timeline's `_id` is the saga id and sequence number, so uniqueness holds without this index;
-        // it serves the timeline query.
+        // The timeline's `_id` is the saga id and sequence number, and the timeline is read by `_id`: this
+        // index only restates that uniqueness (kept on MongoDB, where it is cheap).
         let log_index = vec![index(doc! { "saga_id": 1, "seq": 1 }, "saga_seq", true)];
         if self.flavor == Flavor::FerretDb {
             // FerretDB answers only an exact `{_id}` filter from an index, so a secondary index would be
