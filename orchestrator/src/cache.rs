@@ -48,13 +48,21 @@ impl SagaCache {
         self.lock().get(&saga_id).cloned()
     }
 
-    /// Remembers `saga` as written and flushed (no pending outbox or timeline); forgets it when it finished.
+    /// Remembers `saga` as written and published (its timeline entries may wait to be
+    /// [settled](crate::settle)); forgets it when it finished.
     pub fn put(&self, saga: SagaRecord) {
         let mut sagas = self.lock();
         if saga.state.phase.is_terminal() {
             sagas.remove(&saga.id);
         } else if sagas.len() < self.capacity || sagas.contains_key(&saga.id) {
             sagas.insert(saga.id, saga);
+        }
+    }
+
+    /// Records that the saga was settled at `version`: its pending timeline entries are in the log.
+    pub fn settled(&self, saga_id: Uuid, version: u64) {
+        if let Some(saga) = self.lock().get_mut(&saga_id).filter(|s| s.version == version) {
+            saga.pending_log.clear();
         }
     }
 

@@ -44,6 +44,10 @@ pub struct Settings {
     /// `SAGA_GAUGE_INTERVAL_SECS`, default 15: how often the saga gauges (sagas per state, oldest age per
     /// state, outbox backlog) are read from the store.
     pub gauge_interval: Duration,
+    /// `SAGA_SETTLE_AFTER_MS`, default 5000: how long after its first unsettled transition a saga's
+    /// timeline entries are appended to the log and its published outbox emptied (0: after every
+    /// transition). See [`crate::settle`].
+    pub settle_after: Duration,
 }
 
 impl Settings {
@@ -74,6 +78,7 @@ impl Settings {
                 interval: Duration::from_secs(config::parsed::<u64>("PII_SWEEP_INTERVAL_SECS", 3600)?.max(1)),
             },
             gauge_interval: Duration::from_secs(config::parsed::<u64>("SAGA_GAUGE_INTERVAL_SECS", 15)?),
+            settle_after: millis("SAGA_SETTLE_AFTER_MS", 5_000)?,
         };
         settings.validate()?;
         Ok(settings)
@@ -86,6 +91,7 @@ impl Settings {
             (1..=3600).contains(&self.gauge_interval.as_secs()),
             "SAGA_GAUGE_INTERVAL_SECS must be between 1 and 3600"
         );
+        anyhow::ensure!(self.settle_after <= Duration::from_secs(60), "SAGA_SETTLE_AFTER_MS must be at most 60000");
         anyhow::ensure!(self.customer_ref_key.len() >= 16, "CUSTOMER_REF_KEY must be at least 16 characters");
         if let KeySettings::Hs256 { secret } = &self.jwt_keys {
             anyhow::ensure!(secret.len() >= 32, "JWT_SECRET must be at least 32 characters");

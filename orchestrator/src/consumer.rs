@@ -5,7 +5,8 @@
 //!
 //! An offset is stored only after the message's transition is durable; librdkafka commits stored offsets.
 //! A transient failure (database or Kafka down) retries the same message with exponential back-off and
-//! never moves past it. Undecodable messages go to `saga.reply.dlq`.
+//! never moves past it. Undecodable messages go to `saga.reply.dlq`. Between messages the loop settles the
+//! sagas whose [settlement](crate::settle) is due, and all of them before it leaves the group.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -26,6 +27,7 @@ use tracing::Instrument;
 use crate::cache::SagaCache;
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
+use crate::settle::Unsettled;
 use crate::timers::Deadlines;
 
 /// The partitions of `saga.reply` this instance owns right now.
@@ -62,6 +64,7 @@ struct RebalanceContext {
     ownership: Arc<Ownership>,
     deadlines: Arc<Deadlines>,
     cache: Arc<SagaCache>,
+    unsettled: Arc<Unsettled>,
     assigned: mpsc::UnboundedSender<Vec<i32>>,
     lag: ConsumerLag,
 }
@@ -86,6 +89,8 @@ impl ConsumerContext for RebalanceContext {
             self.ownership.revoke(&revoked);
             self.deadlines.forget(&revoked);
             self.cache.forget(&revoked);
+            // Their next owner's recovery publishes and settles what is left.
+            self.unsettled.forget(&revoked);
         }
     }
 
@@ -137,8 +142,9 @@ impl ReplyConsumer {
         let topic = settings.topic(topics::REPLY);
         let (tx, assigned) = mpsc::unbounded_channel();
         let lag = ConsumerLag::new(metrics.service.kafka.clone());
-        let cache = engine.cache().clone();
-        let context = RebalanceContext { topic: topic.clone(), ownership, deadlines, cache, assigned: tx, lag };
+        let (cache, unsettled) = (engine.cache().clone(), engine.unsettled().clone());
+        let context =
+            RebalanceContext { topic: topic.clone(), ownership, deadlines, cache, unsettled, assigned: tx, lag };
         let consumer: StreamConsumer<RebalanceContext> =
             settings.service_consumer_config(group_id).create_with_context(context)?;
         consumer.subscribe(&[&topic])?;
@@ -149,10 +155,22 @@ impl ReplyConsumer {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { consumer, mut assigned, worker } = self;
         loop {
+            let settle_in = worker
+                .engine
+                .unsettled()
+                .next_due()
+                .map(|due| (due - chrono::Utc::now()).to_std().unwrap_or_default().min(Duration::from_secs(60)));
             let message = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => {
+                    worker.settle_all().await;
+                    return Ok(());
+                }
                 Some(partitions) = assigned.recv() => {
                     worker.recover(partitions, &shutdown).await;
+                    continue;
+                }
+                () = sleep_or_never(settle_in) => {
+                    worker.engine.settle_due(chrono::Utc::now()).await;
                     continue;
                 }
                 message = consumer.recv() => message,
@@ -169,6 +187,7 @@ impl ReplyConsumer {
                 worker.recover(partitions, &shutdown).await;
             }
             if !worker.process(&message, &shutdown).await {
+                worker.settle_all().await;
                 return Ok(());
             }
             if let Err(error) = consumer.store_offset_from_message(&message) {
@@ -178,7 +197,33 @@ impl ReplyConsumer {
     }
 }
 
+/// Sleeps for `duration`, or forever without one.
+async fn sleep_or_never(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long settling every saga may take when the consumer stops.
+const FINAL_SETTLE: Duration = Duration::from_secs(5);
+
 impl Worker {
+    /// Settles every saga waiting for it (the consumer is stopping and still owns their partitions), within
+    /// [`FINAL_SETTLE`]; what is left is recovered by the partitions' next owner.
+    async fn settle_all(&self) {
+        let settle = async {
+            while !self.engine.unsettled().is_empty() {
+                if self.engine.settle_due(chrono::DateTime::<chrono::Utc>::MAX_UTC).await == 0 {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(FINAL_SETTLE, settle).await.is_err() {
+            tracing::warn!(left = self.engine.unsettled().len(), "settling before shutdown timed out");
+        }
+    }
+
     /// Flushes the pending work of sagas in newly assigned partitions.
     async fn recover(&self, partitions: Vec<i32>, shutdown: &CancellationToken) {
         let engine = self.engine.clone();

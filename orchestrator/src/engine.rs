@@ -1,14 +1,16 @@
 //! The saga engine: applies one message to its saga and makes the result durable and visible.
 //!
 //! For every message read from a saga's partition, in order:
-//! 1. load the saga (from the [cache](crate::cache) of sagas in flight, else the store); first flush whatever
-//!    an earlier run stored but did not publish (crash recovery);
+//! 1. load the saga (from the [cache](crate::cache) of sagas in flight, else the store); what an earlier
+//!    run stored but did not publish or settle is carried along (crash recovery);
 //! 2. compute the new state and actions with the pure core ([`saga_defs::apply`]);
 //! 3. write the new state, the messages to send (outbox) and the timeline entry in ONE conditional
 //!    document update (version + 1): from here on the transition is durable, and the caller may store the
 //!    message's offset once this function returns;
-//! 4. flush: publish the outbox (idempotent producer), append the timeline entry to `saga_log`, and empty the
-//!    outbox. A crash between 3 and 4 re-publishes on recovery; it never loses a message.
+//! 4. publish the outbox (idempotent producer);
+//! 5. [settle](crate::settle), a few seconds later and once for all the transitions of that time: append the
+//!    timeline entries to `saga_log` and empty the document's outbox. A crash between 3 and 5 re-publishes
+//!    on recovery; it never loses a message.
 
 use std::sync::Arc;
 
@@ -29,11 +31,15 @@ use crate::clock::Clock;
 use crate::definitions::Definitions;
 use crate::metrics::{AttemptOutcome, FenceLabel, Metrics, StepLabel, TopicLabel, step_label};
 use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
+use crate::settle::{DEFAULT_SETTLE_AFTER, Settlement, Unsettled};
 use crate::store::{self, SagaStore};
 use crate::timers::Deadlines;
 
 /// Most sagas flushed in one recovery pass; more are flushed as their next message arrives.
 const RECOVERY_BATCH: usize = 10_000;
+
+/// Most sagas settled in one pass between messages.
+const SETTLE_BATCH: usize = 256;
 
 /// Why a message could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +106,8 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     deadlines: Arc<Deadlines>,
     cache: Arc<SagaCache>,
+    unsettled: Arc<Unsettled>,
+    settle_after: std::time::Duration,
 }
 
 impl Engine {
@@ -112,7 +120,28 @@ impl Engine {
         metrics: Arc<Metrics>,
         deadlines: Arc<Deadlines>,
     ) -> Self {
-        Self { store, bus, clock, definitions, metrics, deadlines, cache: Arc::new(SagaCache::default()) }
+        Self {
+            store,
+            bus,
+            clock,
+            definitions,
+            metrics,
+            deadlines,
+            cache: Arc::new(SagaCache::default()),
+            unsettled: Arc::new(Unsettled::default()),
+            settle_after: DEFAULT_SETTLE_AFTER,
+        }
+    }
+
+    /// The same engine, settling a saga `after` its first unsettled transition (zero: right away).
+    pub fn with_settle_after(mut self, after: std::time::Duration) -> Self {
+        self.settle_after = after;
+        self
+    }
+
+    /// The sagas waiting to be settled; the owner of the partitions forgets those of revoked ones.
+    pub fn unsettled(&self) -> &Arc<Unsettled> {
+        &self.unsettled
     }
 
     /// The sagas in flight this engine wrote last; the owner of the partitions forgets those of revoked ones.
@@ -146,15 +175,19 @@ impl Engine {
         applied
     }
 
-    /// Applies `event` (from `message`) to `saga`, writes the result, flushes it, and caches it.
+    /// Applies `event` (from `message`) to `saga`, writes the result, publishes it, and caches it; settles it
+    /// now or later.
     async fn transition(
         &self,
-        saga: SagaRecord,
+        mut saga: SagaRecord,
         event: &SagaEvent,
         message: &Message,
         origin: &Origin,
     ) -> Result<Outcome, Error> {
-        let saga = self.settle(saga, event).await?;
+        if *event == SagaEvent::Start {
+            // A start message left in the outbox is the one that arrived (or a duplicate of it).
+            saga.outbox.retain(|entry| entry.outgoing != Outgoing::Start);
+        }
         let definition = self.definition(&saga)?;
         let now = self.clock.now();
         let (state, actions) = match stale_operator(message, &saga) {
@@ -165,10 +198,12 @@ impl Engine {
         self.store.replace(&next, saga.version).await?;
         self.deadlines.track(&next);
         self.observe(&saga, &next, event, &actions, definition, now);
-        self.flush(&next).await?;
+        self.publish(&mut next).await?;
+        if !self.unsettled.defer(&next, now, self.settle_after) {
+            self.settle(&Settlement::of(&next, now)).await?;
+            next.pending_log.clear();
+        }
         let outcome = outcome(&saga, &next, &actions);
-        next.outbox.clear();
-        next.pending_log.clear();
         self.cache.put(next);
         Ok(outcome)
     }
@@ -181,42 +216,63 @@ impl Engine {
         })
     }
 
-    /// Flushes what an earlier run left pending, so that the new transition does not overwrite it. A pending
-    /// start message is dropped when the start itself is what arrived.
-    async fn settle(&self, mut saga: SagaRecord, event: &SagaEvent) -> Result<SagaRecord, Error> {
-        if !saga.has_pending() {
-            return Ok(saga);
-        }
-        if *event == SagaEvent::Start {
-            saga.outbox.retain(|entry| entry.outgoing != Outgoing::Start);
-        }
-        self.flush(&saga).await?;
-        saga.outbox.clear();
-        saga.pending_log.clear();
-        Ok(saga)
-    }
-
-    /// Publishes the saga's outbox, appends its pending timeline entries, then empties both if the saga is
-    /// still at the same version.
-    pub async fn flush(&self, saga: &SagaRecord) -> Result<(), Error> {
-        if !saga.has_pending() {
-            return Ok(());
-        }
+    /// Publishes the saga's outbox and empties it (in memory); the timeline entries in `pending_log` say
+    /// where each message landed.
+    async fn publish(&self, saga: &mut SagaRecord) -> Result<(), Error> {
         let mut pii: Option<OrderPii> = None;
-        let mut log = saga.pending_log.clone();
         for entry in &saga.outbox {
             let (topic, message) = self.build(saga, entry, &mut pii).await?;
             let delivered = self.bus.publish(topic, &message).await?;
             self.metrics.published.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc();
-            // The timeline says where each message landed.
-            for sent in log.iter_mut().flat_map(|e| e.sent.iter_mut()).filter(|s| s.message_id == entry.message_id) {
+            let sent = saga.pending_log.iter_mut().flat_map(|e| e.sent.iter_mut());
+            for sent in sent.filter(|s| s.message_id == entry.message_id) {
                 sent.partition = Some(delivered.partition);
                 sent.offset = Some(delivered.offset);
             }
         }
-        self.store.append_log(&log).await?;
-        self.store.clear_pending(saga.id, saga.version).await?;
+        saga.outbox.clear();
         Ok(())
+    }
+
+    /// Appends the settlement's timeline entries to the log, then empties the saga's outbox and pending
+    /// timeline if it is still at the settlement's version.
+    async fn settle(&self, settlement: &Settlement) -> Result<(), Error> {
+        self.store.append_log(&settlement.log).await?;
+        if self.store.clear_pending(settlement.saga_id, settlement.version).await? {
+            self.cache.settled(settlement.saga_id, settlement.version);
+        }
+        Ok(())
+    }
+
+    /// Settles the sagas whose settlement is due at `now` (every one with `DateTime::MAX_UTC`, as before
+    /// shutting down), at most a batch; a settlement that fails is tried again later. Returns how many
+    /// were settled.
+    pub async fn settle_due(&self, now: DateTime<Utc>) -> usize {
+        let mut settled = 0;
+        for settlement in self.unsettled.take_due(now, SETTLE_BATCH) {
+            match self.settle(&settlement).await {
+                Ok(()) => settled += 1,
+                Err(error) => {
+                    tracing::warn!(saga_id = %settlement.saga_id, %error, "cannot settle a saga; trying again later");
+                    let later = self.clock.now()
+                        + chrono::TimeDelta::from_std(self.settle_after.max(std::time::Duration::from_secs(1)))
+                            .unwrap_or(chrono::TimeDelta::MAX);
+                    self.unsettled.retry(settlement, later);
+                }
+            }
+        }
+        settled
+    }
+
+    /// Publishes the saga's outbox, appends its pending timeline entries, then empties both if the saga is
+    /// still at the same version (recovery of what an earlier run left pending).
+    pub async fn flush(&self, saga: &SagaRecord) -> Result<(), Error> {
+        if !saga.has_pending() {
+            return Ok(());
+        }
+        let mut saga = saga.clone();
+        self.publish(&mut saga).await?;
+        self.settle(&Settlement::of(&saga, self.clock.now())).await
     }
 
     /// Takes over `partitions` (after the instance was assigned them): loads the pending deadlines of their

@@ -1,6 +1,7 @@
 //! The saga gauges: how many sagas are in each state (`saga_in_state`), how long the oldest saga of each
 //! stuck state has been in it (`saga_oldest_age_seconds`, for stuck detection) and how many sagas have an
-//! outbox not flushed yet (`saga_outbox_backlog`). They are read from the store every
+//! outbox or timeline entries left unsettled for longer than settling takes (`saga_outbox_backlog`; see
+//! [`crate::settle`]). They are read from the store every
 //! `SAGA_GAUGE_INTERVAL_SECS` by every instance, so every instance exports the same figures (a dashboard
 //! takes any one of them, with `max`).
 //!
@@ -36,12 +37,19 @@ pub struct SagaGauges {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     interval: Duration,
+    backlog_after: Duration,
 }
 
 impl SagaGauges {
     /// Gauges in `metrics`, read from `store` every `interval`.
     pub fn new(store: Arc<dyn SagaStore>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, interval: Duration) -> Self {
-        Self { store, clock, metrics, interval }
+        Self { store, clock, metrics, interval, backlog_after: crate::settle::backlog_after(Duration::ZERO) }
+    }
+
+    /// The same gauges, counting a saga in the backlog once it has been unsettled for `after`.
+    pub fn with_backlog_after(mut self, after: Duration) -> Self {
+        self.backlog_after = after;
+        self
     }
 
     /// Updates the gauges every interval (the first time at once) until `shutdown` is cancelled; the
@@ -71,8 +79,10 @@ impl SagaGauges {
 
     /// Reads the store once and sets the gauges.
     pub async fn update(&self) -> Result<(), store::Error> {
-        let census = self.store.census().await?;
-        self.metrics.set_states(&census.states, self.clock.now());
+        let now = self.clock.now();
+        let unsettled_before = now - chrono::TimeDelta::from_std(self.backlog_after).unwrap_or(chrono::TimeDelta::MAX);
+        let census = self.store.census(unsettled_before).await?;
+        self.metrics.set_states(&census.states, now);
         self.metrics.outbox_backlog.set(i64::try_from(census.backlog).unwrap_or(i64::MAX));
         Ok(())
     }

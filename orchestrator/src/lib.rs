@@ -3,8 +3,9 @@
 //! to the participants over Kafka and applies their replies, one writer per saga.
 //!
 //! - [`api`]: the HTTP interface (orders, health, readiness, metrics).
-//! - [`engine`]: applies a message to its saga: transition, durable write, outbox flush; [`cache`]: the
-//!   sagas in flight at the owner of their partition.
+//! - [`engine`]: applies a message to its saga: transition, durable write, outbox publication; [`cache`]:
+//!   the sagas in flight at the owner of their partition; [`settle`]: deferred settling of the outbox and
+//!   timeline.
 //! - [`consumer`]: the `saga.reply` consumer, partition ownership and recovery.
 //! - [`timers`]: turns passed deadlines into messages on the saga's partition.
 //! - [`dlq`]: lists dead-lettered messages and replays them to their original topic.
@@ -40,6 +41,7 @@ pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod retention;
+pub mod settle;
 pub mod store;
 pub mod timers;
 
@@ -104,7 +106,8 @@ impl Application {
             definitions.clone(),
             metrics.clone(),
             deadlines.clone(),
-        );
+        )
+        .with_settle_after(settings.settle_after);
         let ownership = Arc::new(Ownership::default());
         let consumer = ReplyConsumer::new(
             &settings.kafka,
@@ -119,7 +122,8 @@ impl Application {
         let live = Arc::new(live::LiveEvents::default());
         let retention =
             retention::Retention::new(store.clone(), clock.clone(), settings.retention, metrics.pii_purged.clone());
-        let gauges = gauges::SagaGauges::new(store.clone(), clock.clone(), metrics.clone(), settings.gauge_interval);
+        let gauges = gauges::SagaGauges::new(store.clone(), clock.clone(), metrics.clone(), settings.gauge_interval)
+            .with_backlog_after(settle::backlog_after(settings.settle_after));
         let state = AppState {
             store: api_store,
             bus,

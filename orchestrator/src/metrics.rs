@@ -249,7 +249,11 @@ impl Metrics {
         saga.register("fenced_messages", "Messages ignored by reply fencing, by reason", metrics.fenced.clone());
         saga.register("published_messages", "Messages published by topic", metrics.published.clone());
         saga.register("dead_letters", "Messages dead-lettered by source topic", metrics.dead_letters.clone());
-        saga.register("outbox_backlog", "Sagas whose outbox is not flushed yet", metrics.outbox_backlog.clone());
+        saga.register(
+            "outbox_backlog",
+            "Sagas whose outbox or timeline entries stayed unsettled longer than settling takes",
+            metrics.outbox_backlog.clone(),
+        );
         saga.register(
             "pii_purged",
             "Orders whose personal data the retention sweep deleted",

@@ -708,9 +708,14 @@ async fn a_failed_publication_keeps_the_transition_and_recovery_publishes_exactl
         ),
         "{outgoing:?}"
     );
-    assert_eq!(stored.pending_log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        stored.pending_log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2],
+        "the creation's entry is carried along with the transition's"
+    );
     let pending: Vec<Uuid> = stored.outbox.iter().map(|e| e.message_id).collect();
-    assert!(h.store.log_entry(id, 2).await.expect("log").is_none(), "the transition's entry is not in the log yet");
+    let entry = h.store.log_entry(id, 2).await.expect("log").expect("the entry, from the saga's pending timeline");
+    assert_eq!((entry.from.as_str(), entry.to.as_str()), ("STARTED", "RUNNING"));
     let shown: Vec<u64> = h.store.timeline(id).await.expect("timeline").iter().map(|e| e.seq).collect();
     assert_eq!(shown, [1, 2], "the timeline shows the pending entry too");
 
@@ -732,6 +737,78 @@ async fn a_failed_publication_keeps_the_transition_and_recovery_publishes_exactl
 
     assert_eq!(h.engine.recover(&[partition_of(id)]).await.expect("recover"), 0, "nothing left");
     assert_eq!(h.bus.take(), Vec::new());
+}
+
+#[tokio::test]
+async fn a_quick_saga_settles_once_after_its_first_transition_with_its_whole_timeline() {
+    let h = Harness::deferred();
+    let started_at = h.now();
+    let (id, _, reserve) = started(&h).await;
+    let charge = succeed(&h, &reserve).await.command().clone();
+    let ship = succeed(&h, &charge).await.command().clone();
+    let done = succeed(&h, &ship).await;
+    assert!(done.commands.is_empty() && brief(done.event()).1 == "COMPLETED", "{:?}", done.events);
+
+    let stored = h.record(id).await;
+    assert_eq!(stored.state.phase, Phase::Completed);
+    let seqs = |entries: &[orchestrator::model::LogEntry]| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&stored.pending_log), [1, 2, 3, 4, 5], "nothing settled yet: the document carries the timeline");
+    assert_eq!(seqs(&h.store.timeline(id).await.expect("timeline")), [1, 2, 3, 4, 5]);
+    let third = h.store.log_entry(id, 3).await.expect("read").expect("an unsettled entry is found too");
+    assert!(third.sent.iter().all(|s| s.offset.is_some()), "it says where its messages landed: {third:?}");
+    assert_eq!(h.engine.unsettled().next_due(), Some(started_at + TimeDelta::seconds(5)), "5 s after the start");
+
+    assert_eq!(h.engine.settle_due(h.now()).await, 0, "not due yet");
+    h.clock.advance(TimeDelta::seconds(5));
+    assert_eq!(h.engine.settle_due(h.now()).await, 1);
+    assert_eq!(h.bus.take(), Vec::new(), "settling publishes nothing");
+    let settled = h.record(id).await;
+    assert!(!settled.has_pending(), "{settled:?}");
+    assert_eq!(settled.version, stored.version);
+    assert_eq!(seqs(&h.store.timeline(id).await.expect("timeline")), [1, 2, 3, 4, 5], "now from the log");
+    assert_eq!(h.store.log_entry(id, 3).await.expect("read"), Some(third));
+    assert!(h.engine.unsettled().is_empty());
+}
+
+#[tokio::test]
+async fn sagas_of_a_revoked_partition_are_left_unsettled_and_their_next_owner_republishes_the_same_messages() {
+    let h = Harness::deferred();
+    let (id, _, reserve) = started(&h).await;
+    let partition = partition_of(id);
+    h.engine.unsettled().forget(&[partition]);
+    h.engine.cache().forget(&[partition]);
+    assert!(h.engine.unsettled().is_empty());
+    assert!(h.record(id).await.has_pending(), "left pending in the store");
+
+    assert_eq!(h.engine.recover(&[partition]).await.expect("recover"), 1);
+    let again = Published::split(h.bus.take());
+    assert_eq!(again.command().meta.message_id, reserve.meta.message_id, "the same command, deduplicated by its id");
+    assert_eq!(brief(again.event()).1, "RUNNING");
+    assert!(!h.record(id).await.has_pending());
+    let charge = succeed(&h, &reserve).await;
+    assert_eq!(command_kind(charge.command()), CommandKind::PaymentCharge, "the saga goes on");
+}
+
+#[tokio::test]
+async fn a_saga_whose_document_holds_many_unsettled_entries_settles_at_once() {
+    let h = Harness::deferred();
+    let (id, _, reserve) = started(&h).await;
+    // Every redelivery of the reserve command's reply after the first is ignored, and recorded.
+    let reply = h.reply(&reserve, Reply::ok());
+    h.apply(&reply).await;
+    h.bus.take();
+    let mut pending = h.record(id).await.pending_log.len();
+    while pending < orchestrator::settle::MAX_UNSETTLED_ENTRIES - 1 {
+        h.apply(&reply).await;
+        pending = h.record(id).await.pending_log.len();
+    }
+    assert!(h.record(id).await.has_pending());
+    h.apply(&reply).await;
+    let stored = h.record(id).await;
+    assert!(!stored.has_pending(), "settled with the transition that filled it: {stored:?}");
+    assert!(h.engine.unsettled().is_empty());
+    let timeline = h.store.timeline(id).await.expect("timeline");
+    assert_eq!(timeline.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=stored.version).collect::<Vec<_>>());
 }
 
 #[tokio::test]

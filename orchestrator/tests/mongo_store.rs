@@ -432,20 +432,25 @@ async fn the_census_of_states_and_outbox_backlog_covers_every_saga_in_both_store
     parked.state_since = secs(-3600);
     let mut log_only = settled(1, Phase::Completed, None);
     log_only.pending_log.push(log_entry(log_only.id, 4, "unflushed"));
-    let sagas = [&running_old, &running_new, &parked, &log_only, &saga(2, Phase::Completed, None)];
+    // Written at secs(2), like the others; this one still within its settling time at the cut-off.
+    let mut recent = saga(4, Phase::Running { step: 2, attempt: 1 }, None);
+    recent.updated_at = secs(10);
+    let sagas = [&running_old, &running_new, &parked, &log_only, &saga(2, Phase::Completed, None), &recent];
+    let cut_off = secs(5);
     for store in [&mongo as &dyn SagaStore, &memory] {
-        assert_eq!(store.census().await.expect("census"), Default::default());
+        assert_eq!(store.census(cut_off).await.expect("census"), Default::default());
         for saga in sagas {
             store.insert(saga).await.expect("insert");
         }
-        let census = store.census().await.expect("census");
+        let census = store.census(cut_off).await.expect("census");
         let expected = orchestrator::gauges::summarize(sagas.iter().map(|s| (s.state.phase.name(), s.state_since)));
         assert_eq!(census.states, expected, "{store:?}");
-        assert_eq!((census.states.count("RUNNING"), census.states.count("COMPLETED")), (2, 2), "{store:?}");
+        assert_eq!((census.states.count("RUNNING"), census.states.count("COMPLETED")), (3, 2), "{store:?}");
         assert_eq!(census.states.oldest_since("RUNNING"), Some(secs(-30)), "{store:?}");
-        assert_eq!(census.backlog, 3, "{store:?}: outbox or timeline pending");
+        assert_eq!(census.backlog, 3, "{store:?}: outbox or timeline pending since before the cut-off");
+        assert_eq!(store.census(secs(11)).await.expect("census").backlog, 4, "{store:?}: later, the recent one too");
         store.clear_pending(running_new.id, running_new.version).await.expect("clear");
-        assert_eq!(store.census().await.expect("census").backlog, 2, "{store:?}");
+        assert_eq!(store.census(cut_off).await.expect("census").backlog, 2, "{store:?}");
     }
     db.drop().await.expect("drop the test database");
 }

@@ -56,6 +56,8 @@ pub struct Ports {
     pub definitions: Arc<Definitions>,
     /// Metrics (counted, not read).
     pub metrics: Arc<Metrics>,
+    /// How long the engines defer settling a saga (the production default, or zero for some seeds).
+    pub settle_after: Duration,
 }
 
 /// An orchestrator process.
@@ -98,7 +100,8 @@ impl Instance {
             Arc::clone(&ports.definitions),
             Arc::clone(&ports.metrics),
             Arc::clone(&deadlines),
-        );
+        )
+        .with_settle_after(ports.settle_after);
         let saga_store: Arc<dyn SagaStore> = store.clone();
         let timer =
             Timer::new(saga_store, bus, ports.clock.clone(), Arc::clone(&ownership), Arc::clone(&deadlines), TIMER);

@@ -183,9 +183,9 @@ impl SagaStore for FaultyStore {
         after("store.claim_idempotency_key", claimed, fault)
     }
 
-    async fn census(&self) -> Result<Census, Error> {
+    async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error> {
         self.read("store.census")?;
-        self.inner.census().await
+        self.inner.census(unsettled_before).await
     }
 }
 

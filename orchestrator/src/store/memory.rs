@@ -113,7 +113,9 @@ impl SagaStore for MemoryStore {
     }
 
     async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
-        Ok(self.lock().log.get(&(saga_id, seq)).cloned())
+        let inner = self.lock();
+        let pending = || inner.sagas.get(&saga_id)?.pending_log.iter().find(|e| e.seq == seq).cloned();
+        Ok(inner.log.get(&(saga_id, seq)).cloned().or_else(pending))
     }
 
     async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error> {
@@ -199,13 +201,13 @@ impl SagaStore for MemoryStore {
         Ok(Claim::New)
     }
 
-    async fn census(&self) -> Result<Census, Error> {
+    async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error> {
         let inner = self.lock();
         let mut states = StateSummary::default();
         for saga in inner.sagas.values() {
             states.add(saga.state.phase.name(), saga.state_since);
         }
-        let pending = inner.sagas.values().filter(|s| s.has_pending()).count();
+        let pending = inner.sagas.values().filter(|s| s.has_pending() && s.updated_at < unsettled_before).count();
         Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
     }
 }

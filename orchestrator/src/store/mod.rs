@@ -129,7 +129,7 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// The saga's timeline, oldest first, including entries not flushed to the log yet.
     async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error>;
 
-    /// The timeline entry with sequence number `seq`, if it was flushed to the log.
+    /// The timeline entry with sequence number `seq`, from the log or, not settled yet, from the saga.
     async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error>;
 
     /// Sagas passing `filter`, by id, at most `limit` (an operator's query; it may scan).
@@ -171,10 +171,11 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// Claims `key` for `order_id` (a new order of request `request_hash`), or says who has it.
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
 
-    /// Every saga's state and outbox backlog, for the metrics: one background query that scans every saga,
-    /// reading only its state, when it entered it and whether it has pending work, and folds them into counts
-    /// as they arrive (memory stays flat however many sagas are stored).
-    async fn census(&self) -> Result<Census, Error>;
+    /// Every saga's state and the outbox backlog (sagas with pending work last written before
+    /// `unsettled_before`), for the metrics: one background query that scans every saga, reading only its
+    /// state, when it entered it, when it was last written and whether it has pending work, and folds them
+    /// into counts as they arrive (memory stays flat however many sagas are stored).
+    async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error>;
 }
 
 /// What the saga gauges are computed from: see [`SagaStore::census`].
@@ -182,7 +183,7 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
 pub struct Census {
     /// The sagas per state name (`RUNNING`, ...), and when the oldest of each state entered it.
     pub states: StateSummary,
-    /// How many sagas have an outbox (and the timeline entries flushed with it) not flushed yet.
+    /// How many sagas have had an outbox or timeline entries unsettled since before the census's cut-off.
     pub backlog: u64,
 }
 

@@ -56,6 +56,12 @@ impl MongoStore {
         Ok(Self::new(&client.database(name), flavor))
     }
 
+    /// The timeline entry with sequence number `seq` in `saga_log`.
+    async fn logged_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
+        let found = self.log.find_one(doc! { "_id": log_id(saga_id, seq) }).await.map_err(db("read saga_log"))?;
+        Ok(found.map(|d| d.entry))
+    }
+
     /// The filter that makes a write conditional on `version`; on FerretDB the version is checked first.
     async fn version_filter(&self, saga_id: Uuid, version: u64) -> Result<Option<Document>, Error> {
         let version = i64::try_from(version).unwrap_or(i64::MAX);
@@ -347,7 +353,7 @@ impl SagaStore for MongoStore {
     }
 
     /// Reads the entries one `_id` at a time up to the saga's version (FerretDB answers only exact `_id`
-    /// lookups from an index), then adds the entries not flushed yet.
+    /// lookups from an index), taking the entries not settled yet from the saga.
     #[tracing::instrument(name = "db.saga_log.timeline", skip_all, fields(
         otel.kind = "client", db.system.name = "mongodb",
         db.collection.name = "saga_log", db.operation.name = "find"
@@ -356,10 +362,10 @@ impl SagaStore for MongoStore {
         let Some(saga) = self.get(saga_id).await? else { return Ok(Vec::new()) };
         let mut entries = Vec::new();
         for seq in 1..=saga.version {
-            if let Some(entry) = self.log_entry(saga_id, seq).await? {
-                entries.push(entry);
-            } else if let Some(pending) = saga.pending_log.iter().find(|e| e.seq == seq) {
+            if let Some(pending) = saga.pending_log.iter().find(|e| e.seq == seq) {
                 entries.push(pending.clone());
+            } else if let Some(entry) = self.logged_entry(saga_id, seq).await? {
+                entries.push(entry);
             }
         }
         Ok(entries)
@@ -370,8 +376,28 @@ impl SagaStore for MongoStore {
         db.collection.name = "saga_log", db.operation.name = "find"
     ))]
     async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
-        let found = self.log.find_one(doc! { "_id": log_id(saga_id, seq) }).await.map_err(db("read saga_log"))?;
-        Ok(found.map(|d| d.entry))
+        if let Some(entry) = self.logged_entry(saga_id, seq).await? {
+            return Ok(Some(entry));
+        }
+        let pending = self
+            .sagas
+            .clone_with_type::<Document>()
+            .find_one(doc! { "_id": saga_id.to_string() })
+            .projection(doc! { "pending_log": 1 })
+            .await
+            .map_err(db("read saga's pending timeline"))?;
+        let Some(pending) = pending.and_then(|d| d.get_array("pending_log").ok().cloned()) else { return Ok(None) };
+        for entry in pending {
+            let entry: LogEntry = bson::deserialize_from_bson(entry).map_err(|e| Error::Corrupt {
+                what: "saga",
+                id: saga_id.to_string(),
+                reason: format!("pending timeline: {e}"),
+            })?;
+            if entry.seq == seq {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
     }
 
     #[tracing::instrument(name = "db.saga.list", skip_all, fields(
@@ -569,12 +595,12 @@ impl SagaStore for MongoStore {
     }
 
     /// Scans `sagas` for two fields of each: no filter, since FerretDB answers only `{_id}` from an index.
-    async fn census(&self) -> Result<Census, Error> {
+    async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error> {
         let mut cursor = self
             .sagas
             .clone_with_type::<Document>()
             .find(doc! {})
-            .projection(doc! { "_id": 0, "state": 1, "state_since": 1, "pending": 1 })
+            .projection(doc! { "_id": 0, "state": 1, "state_since": 1, "updated_at": 1, "pending": 1 })
             .await
             .map_err(db("read saga states"))?;
         let (mut states, mut pending) = (StateSummary::default(), 0_u64);
@@ -582,7 +608,8 @@ impl SagaStore for MongoStore {
             if let (Ok(state), Ok(since)) = (doc.get_str("state"), doc.get_datetime("state_since")) {
                 states.add(state, since.to_chrono());
             }
-            pending += u64::from(doc.get_bool("pending").unwrap_or(false));
+            let stale = doc.get_datetime("updated_at").is_ok_and(|at| at.to_chrono() < unsettled_before);
+            pending += u64::from(stale && doc.get_bool("pending").unwrap_or(false));
         }
         Ok(Census { states, backlog: pending })
     }

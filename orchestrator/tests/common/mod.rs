@@ -129,12 +129,23 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A harness whose engine settles every transition at once, so that each test sees a saga's timeline
+    /// in the log and its outbox empty right after a message (settling later: [`Harness::deferred`]).
     pub fn new() -> Self {
         Self::with_dead_letters(None)
     }
 
+    /// A harness whose engine defers settling as production does (`DEFAULT_SETTLE_AFTER`).
+    pub fn deferred() -> Self {
+        Self::build(None, orchestrator::settle::DEFAULT_SETTLE_AFTER)
+    }
+
     /// The harness, with the dead-letter routes over `dead_letters` (real Kafka and database).
     pub fn with_dead_letters(dead_letters: Option<Arc<orchestrator::dlq::DeadLetters>>) -> Self {
+        Self::build(dead_letters, std::time::Duration::ZERO)
+    }
+
+    fn build(dead_letters: Option<Arc<orchestrator::dlq::DeadLetters>>, settle_after: std::time::Duration) -> Self {
         let store = Arc::new(MemoryStore::new());
         let bus = Arc::new(TestBus::default());
         let clock = Arc::new(ManualClock::new(t0()));
@@ -149,7 +160,8 @@ impl Harness {
             definitions.clone(),
             metrics.clone(),
             deadlines.clone(),
-        );
+        )
+        .with_settle_after(settle_after);
         let refs = CustomerRefs::new(CUSTOMER_REF_KEY);
         let state = AppState {
             store: store.clone(),

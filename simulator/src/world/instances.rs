@@ -106,6 +106,7 @@ impl World {
         instance.ownership.revoke(&[partition]);
         instance.deadlines.forget(&[partition]);
         instance.engine.cache().forget(&[partition]);
+        instance.engine.unsettled().forget(&[partition]);
         let name = instance.name.clone();
         if let Some(fetch) = instance.fetch.remove(&partition) {
             self.committed.insert((topics::REPLY, partition), fetch.stored());
@@ -224,6 +225,7 @@ impl World {
         instance.ownership.revoke(&owned);
         instance.deadlines.forget(&owned);
         instance.engine.cache().forget(&owned);
+        instance.engine.unsettled().forget(&owned);
         instance.fetch.clear();
         self.note(format!("{name} learns reply partitions {owned:?} were revoked, and rejoins"));
         self.rebalance().await;
@@ -262,6 +264,30 @@ impl World {
             }
         }
         published
+    }
+
+    /// Every running instance that is not stalled settles the sagas due (all of them, with `force`), as
+    /// its consumer does between messages. Returns how many were settled.
+    pub(super) async fn settle_sagas(&mut self, force: bool) -> usize {
+        let mut settled = 0;
+        for slot in self.live_slots() {
+            let now = if force { chrono::DateTime::<chrono::Utc>::MAX_UTC } else { self.now() };
+            let Some(instance) = self.orchestrators[slot].as_ref() else { continue };
+            if instance.engine.unsettled().next_due().is_none_or(|due| due > now) {
+                continue;
+            }
+            let (engine, point, name) = (instance.engine.clone(), Arc::clone(&instance.faults), instance.name.clone());
+            self.maybe_arm(&point);
+            let count = engine.settle_due(now).await;
+            let hit = point.disarm();
+            self.count_hit(hit);
+            settled += count;
+            self.note(format!("{name} settles {count} sagas{}", struck(hit)));
+            if hit.is_some() && self.chance(self.config.faults.crash_after_fault) {
+                self.crash_orchestrator(slot, "after settling failed");
+            }
+        }
+        settled
     }
 
     /// The (slot, partition) pairs with a message to deliver.

@@ -94,7 +94,10 @@ impl World {
         let kafka = Arc::new(Kafka::new(config.reply_partitions, config.command_partitions));
         let definitions = Arc::new(Definitions::builtin(STEP_TIMEOUT).expect("the built-in definitions are valid"));
         let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-        let ports = Ports { store: Arc::new(MemoryStore::new()), kafka, clock, definitions, metrics };
+        // One seed in four settles every transition at once; the others defer as production does.
+        let settle_after =
+            if seed.is_multiple_of(4) { std::time::Duration::ZERO } else { orchestrator::settle::DEFAULT_SETTLE_AFTER };
+        let ports = Ports { store: Arc::new(MemoryStore::new()), kafka, clock, definitions, metrics, settle_after };
         let api = clients::Api::new(&ports, config.reply_partitions);
         let stores = ParticipantStores::default();
         let seeded = nodes::seed_stock(&stores, &ports.clock, &mut rng, config.skus).await;

@@ -122,6 +122,7 @@ impl World {
         self.start_due_nodes().await;
         self.commit_due();
         self.scan_timers(false).await;
+        self.settle_sagas(false).await;
     }
 
     /// The step's fault events, each drawn on its own.
@@ -230,7 +231,7 @@ impl World {
                 idle = 0;
                 continue;
             }
-            if self.scan_timers(true).await > 0 {
+            if self.scan_timers(true).await > 0 || self.settle_sagas(true).await > 0 {
                 continue;
             }
             let sagas = self.ports.store.all();
