@@ -8,13 +8,16 @@
 //! and the message is applied again to the saga as stored. Entries are dropped when the partition is
 //! revoked, when the saga finishes (nothing but an operator changes it any more), and whenever applying a
 //! message to the saga fails. Capacity is bounded: when full, new sagas are read from the database as before.
+//!
+//! Beside a cached saga the cache may keep the order's personal data, read once for the saga's first command
+//! that carries it (two do): it is in memory only while the saga is, and never logged.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
-use crate::model::SagaRecord;
+use crate::model::{OrderPii, SagaRecord};
 
 /// How many sagas the cache holds at most (about 1 to 2 KiB each).
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -22,8 +25,14 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// See the [module](self).
 #[derive(Debug)]
 pub struct SagaCache {
-    sagas: Mutex<HashMap<Uuid, SagaRecord>>,
+    sagas: Mutex<HashMap<Uuid, Cached>>,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct Cached {
+    saga: SagaRecord,
+    pii: Option<OrderPii>,
 }
 
 impl Default for SagaCache {
@@ -38,14 +47,26 @@ impl SagaCache {
         Self { sagas: Mutex::new(HashMap::new()), capacity }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, SagaRecord>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Cached>> {
         // A panic while holding the lock cannot leave the map half-changed: every operation is one call.
         self.sagas.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The saga as this instance last wrote it, if cached.
     pub fn get(&self, saga_id: Uuid) -> Option<SagaRecord> {
-        self.lock().get(&saga_id).cloned()
+        self.lock().get(&saga_id).map(|c| c.saga.clone())
+    }
+
+    /// The order's personal data kept with the cached saga, if any.
+    pub fn pii(&self, saga_id: Uuid) -> Option<OrderPii> {
+        self.lock().get(&saga_id).and_then(|c| c.pii.clone())
+    }
+
+    /// Keeps the order's personal data with the saga, if the saga is cached.
+    pub fn keep_pii(&self, saga_id: Uuid, pii: OrderPii) {
+        if let Some(cached) = self.lock().get_mut(&saga_id) {
+            cached.pii = Some(pii);
+        }
     }
 
     /// Remembers `saga` as written and published (its timeline entries may wait to be
@@ -54,15 +75,17 @@ impl SagaCache {
         let mut sagas = self.lock();
         if saga.state.phase.is_terminal() {
             sagas.remove(&saga.id);
-        } else if sagas.len() < self.capacity || sagas.contains_key(&saga.id) {
-            sagas.insert(saga.id, saga);
+        } else if let Some(cached) = sagas.get_mut(&saga.id) {
+            cached.saga = saga;
+        } else if sagas.len() < self.capacity {
+            sagas.insert(saga.id, Cached { saga, pii: None });
         }
     }
 
     /// Records that the saga was settled at `version`: its pending timeline entries are in the log.
     pub fn settled(&self, saga_id: Uuid, version: u64) {
-        if let Some(saga) = self.lock().get_mut(&saga_id).filter(|s| s.version == version) {
-            saga.pending_log.clear();
+        if let Some(cached) = self.lock().get_mut(&saga_id).filter(|c| c.saga.version == version) {
+            cached.saga.pending_log.clear();
         }
     }
 
@@ -73,7 +96,7 @@ impl SagaCache {
 
     /// Forgets the sagas of `partitions` (revoked from this instance).
     pub fn forget(&self, partitions: &[i32]) {
-        self.lock().retain(|_, saga| !partitions.contains(&saga.partition));
+        self.lock().retain(|_, cached| !partitions.contains(&cached.saga.partition));
     }
 
     /// How many sagas are cached.
@@ -146,6 +169,40 @@ mod tests {
         assert_eq!(cache.get(c.id), Some(c.clone()), "partition 1 is still owned");
         cache.forget(&[1]);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn personal_data_is_kept_only_with_a_cached_saga_and_goes_with_it() {
+        let cache = SagaCache::default();
+        let pii = OrderPii {
+            customer_id: "c-1".into(),
+            email: "a@example.com".into(),
+            shipping_address: proto_events::commands::Address {
+                name: "A".into(),
+                line1: "Street 1".into(),
+                line2: None,
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
+                country: "DE".into(),
+            },
+            payment_token: "tok_visa".into(),
+        };
+        let mut a = saga(0, Phase::Running { step: 1, attempt: 1 });
+        cache.keep_pii(a.id, pii.clone());
+        assert_eq!(cache.pii(a.id), None, "not cached: nothing kept");
+        cache.put(a.clone());
+        cache.keep_pii(a.id, pii.clone());
+        a.version += 1;
+        cache.put(a.clone());
+        assert_eq!(cache.pii(a.id), Some(pii.clone()), "kept across the saga's writes");
+        cache.forget(&[0]);
+        assert_eq!(cache.pii(a.id), None);
+        cache.put(a.clone());
+        assert_eq!(cache.pii(a.id), None, "cached again: read again");
+        cache.keep_pii(a.id, pii);
+        a.state.phase = Phase::Completed;
+        cache.put(a.clone());
+        assert_eq!(cache.pii(a.id), None, "dropped when the saga finished");
     }
 
     #[test]

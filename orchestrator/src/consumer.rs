@@ -1,14 +1,17 @@
 //! The reply consumer: reads `saga.reply` (participants' replies and the orchestrator's own start and
-//! timer messages) in the `orchestrator` consumer group and applies each message to its saga, one at a
-//! time per instance. Kafka assigns each partition to one instance, which makes that instance the only
-//! writer of the sagas keyed to it.
+//! timer messages) in the `orchestrator` consumer group and applies each message to its saga. Kafka assigns
+//! each partition to one instance, which makes that instance the only writer of the sagas keyed to it.
+//! Within the instance each partition has its own lane (a task applying its messages one at a time, in
+//! order), so that the sagas of different partitions progress side by side while one waits for the
+//! database or Kafka.
 //!
 //! An offset is stored only after the message's transition is durable; librdkafka commits stored offsets.
 //! A transient failure (database or Kafka down) retries the same message with exponential back-off and
-//! never moves past it. Undecodable messages go to `saga.reply.dlq`. Between messages the loop settles the
-//! sagas whose [settlement](crate::settle) is due, and all of them before it leaves the group.
+//! never moves past it. Undecodable messages go to `saga.reply.dlq`. The sagas whose
+//! [settlement](crate::settle) is due are settled in their partition's lane, between its messages, and all
+//! of them before the consumer leaves the group.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,16 +21,17 @@ use platform::metrics::ConsumerLag;
 use proto_events::{Message, topics};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cache::SagaCache;
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
-use crate::settle::Unsettled;
+use crate::settle::{Settlement, Unsettled};
 use crate::timers::Deadlines;
 
 /// The partitions of `saga.reply` this instance owns right now.
@@ -56,6 +60,15 @@ impl Ownership {
     }
 }
 
+/// A change of the partitions this instance owns, as the consumer loop learns it.
+#[derive(Debug)]
+enum Rebalanced {
+    /// Assigned: their sagas are recovered before their messages are applied.
+    Assigned(Vec<i32>),
+    /// Revoked: their lanes stop after the message in hand.
+    Revoked(Vec<i32>),
+}
+
 /// Tracks assignments: revoked partitions stop being owned before the revocation completes; assigned ones
 /// are announced so that the consumer loop recovers their sagas before applying their messages. Records the
 /// consumer lag from librdkafka's statistics (`kafka_consumer_lag`).
@@ -65,7 +78,7 @@ struct RebalanceContext {
     deadlines: Arc<Deadlines>,
     cache: Arc<SagaCache>,
     unsettled: Arc<Unsettled>,
-    assigned: mpsc::UnboundedSender<Vec<i32>>,
+    rebalanced: mpsc::UnboundedSender<Rebalanced>,
     lag: ConsumerLag,
 }
 
@@ -91,6 +104,7 @@ impl ConsumerContext for RebalanceContext {
             self.cache.forget(&revoked);
             // Their next owner's recovery publishes and settles what is left.
             self.unsettled.forget(&revoked);
+            let _ = self.rebalanced.send(Rebalanced::Revoked(revoked));
         }
     }
 
@@ -100,7 +114,7 @@ impl ConsumerContext for RebalanceContext {
                 let assigned = self.partitions(list);
                 tracing::info!(?assigned, "partitions assigned");
                 self.ownership.assign(&assigned);
-                let _ = self.assigned.send(assigned);
+                let _ = self.rebalanced.send(Rebalanced::Assigned(assigned));
             }
             Rebalance::Error(error) => tracing::error!(%error, "rebalance failed"),
             Rebalance::Revoke(_) => {}
@@ -110,9 +124,9 @@ impl ConsumerContext for RebalanceContext {
 
 /// The consumer of `saga.reply`.
 pub struct ReplyConsumer {
-    consumer: StreamConsumer<RebalanceContext>,
-    assigned: mpsc::UnboundedReceiver<Vec<i32>>,
-    worker: Worker,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    rebalanced: mpsc::UnboundedReceiver<Rebalanced>,
+    worker: Arc<Worker>,
 }
 
 /// Applies or dead-letters single messages.
@@ -140,20 +154,23 @@ impl ReplyConsumer {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let topic = settings.topic(topics::REPLY);
-        let (tx, assigned) = mpsc::unbounded_channel();
+        let (tx, rebalanced) = mpsc::unbounded_channel();
         let lag = ConsumerLag::new(metrics.service.kafka.clone());
         let (cache, unsettled) = (engine.cache().clone(), engine.unsettled().clone());
         let context =
-            RebalanceContext { topic: topic.clone(), ownership, deadlines, cache, unsettled, assigned: tx, lag };
+            RebalanceContext { topic: topic.clone(), ownership, deadlines, cache, unsettled, rebalanced: tx, lag };
         let consumer: StreamConsumer<RebalanceContext> =
             settings.service_consumer_config(group_id).create_with_context(context)?;
         consumer.subscribe(&[&topic])?;
-        Ok(Self { consumer, assigned, worker: Worker { engine, publisher, metrics } })
+        let worker = Arc::new(Worker { engine, publisher, metrics });
+        Ok(Self { consumer: Arc::new(consumer), rebalanced, worker })
     }
 
-    /// Applies messages until `shutdown` is cancelled; the message in hand is finished first.
+    /// Applies messages until `shutdown` is cancelled; the messages in hand are finished first, then every
+    /// saga waiting for it is settled.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, mut assigned, worker } = self;
+        let Self { consumer, mut rebalanced, worker } = self;
+        let mut lanes = Lanes::new(Arc::clone(&consumer), Arc::clone(&worker), shutdown.clone());
         loop {
             let settle_in = worker
                 .engine
@@ -161,38 +178,157 @@ impl ReplyConsumer {
                 .next_due()
                 .map(|due| (due - chrono::Utc::now()).to_std().unwrap_or_default().min(Duration::from_secs(60)));
             let message = tokio::select! {
-                () = shutdown.cancelled() => {
-                    worker.settle_all().await;
-                    return Ok(());
-                }
-                Some(partitions) = assigned.recv() => {
-                    worker.recover(partitions, &shutdown).await;
+                () = shutdown.cancelled() => break,
+                Some(change) = rebalanced.recv() => {
+                    lanes.rebalanced(change).await;
                     continue;
                 }
                 () = sleep_or_never(settle_in) => {
-                    worker.engine.settle_due(chrono::Utc::now()).await;
+                    for settlement in worker.engine.unsettled().take_due(chrono::Utc::now(), SETTLE_BATCH) {
+                        lanes.send(settlement.partition, Job::Settle(settlement)).await;
+                    }
                     continue;
                 }
                 message = consumer.recv() => message,
             };
             let message = match message {
-                Ok(message) => message,
+                Ok(message) => message.detach(),
                 Err(error) => {
                     tracing::warn!(%error, "consumer error");
                     continue;
                 }
             };
             // A rebalance happens inside `recv`: recover newly assigned partitions before their messages.
-            while let Ok(partitions) = assigned.try_recv() {
-                worker.recover(partitions, &shutdown).await;
+            while let Ok(change) = rebalanced.try_recv() {
+                lanes.rebalanced(change).await;
             }
-            if !worker.process(&message, &shutdown).await {
-                worker.settle_all().await;
-                return Ok(());
+            lanes.send(message.partition(), Job::Apply(message)).await;
+        }
+        lanes.stop().await;
+        worker.settle_all().await;
+        Ok(())
+    }
+}
+
+/// Most due settlements handed to the lanes at once.
+const SETTLE_BATCH: usize = 256;
+
+/// Messages waiting in a lane at most; the consumer waits when one is full.
+const LANE_CAPACITY: usize = 256;
+
+/// What a lane does next.
+enum Job {
+    /// Apply a message and store its offset.
+    Apply(OwnedMessage),
+    /// Settle a saga of the lane's partition.
+    Settle(Settlement),
+}
+
+/// One task per owned partition applying its messages in order; see the [module](self).
+struct Lanes {
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+    running: HashMap<i32, Lane>,
+    /// Lanes of revoked partitions finishing the message in hand.
+    retiring: HashMap<i32, JoinHandle<()>>,
+}
+
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Lanes {
+    fn new(consumer: Arc<StreamConsumer<RebalanceContext>>, worker: Arc<Worker>, shutdown: CancellationToken) -> Self {
+        Self { consumer, worker, shutdown, running: HashMap::new(), retiring: HashMap::new() }
+    }
+
+    async fn rebalanced(&mut self, change: Rebalanced) {
+        match change {
+            Rebalanced::Revoked(partitions) => {
+                for partition in partitions {
+                    if let Some(lane) = self.running.remove(&partition) {
+                        lane.stop.cancel();
+                        self.retiring.insert(partition, lane.task);
+                    }
+                }
             }
-            if let Err(error) = consumer.store_offset_from_message(&message) {
-                tracing::warn!(%error, partition = message.partition(), "cannot store offset (partition revoked?)");
+            Rebalanced::Assigned(partitions) => {
+                for partition in &partitions {
+                    self.retired(*partition).await;
+                }
+                self.worker.recover(partitions, &self.shutdown).await;
             }
+        }
+    }
+
+    /// Waits until the retiring lane of `partition`, if any, has finished, so that two lanes never apply
+    /// messages of the same sagas at once.
+    async fn retired(&mut self, partition: i32) {
+        if let Some(task) = self.retiring.remove(&partition) {
+            let _ = task.await;
+        }
+    }
+
+    /// Hands `job` to the lane of `partition`, starting it for a message if needed. A settlement for a
+    /// partition without a lane is dropped: the partition was revoked, and its next owner recovers the saga.
+    async fn send(&mut self, partition: i32, job: Job) {
+        if matches!(job, Job::Settle(_)) && !self.running.contains_key(&partition) {
+            return;
+        }
+        if !self.running.contains_key(&partition) {
+            self.retired(partition).await;
+            let lane = self.start(partition);
+            self.running.insert(partition, lane);
+        }
+        let Some(lane) = self.running.get(&partition) else { return };
+        if lane.jobs.send(job).await.is_err() {
+            // The lane stopped (shutdown); the message is applied again after a restart.
+            tracing::debug!(partition, "a lane stopped before taking its job");
+        }
+    }
+
+    fn start(&self, partition: i32) -> Lane {
+        let (jobs, mut queue) = mpsc::channel::<Job>(LANE_CAPACITY);
+        let stop = self.shutdown.child_token();
+        let (consumer, worker, token) = (Arc::clone(&self.consumer), Arc::clone(&self.worker), stop.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    () = token.cancelled() => return,
+                    job = queue.recv() => match job { Some(job) => job, None => return },
+                };
+                match job {
+                    Job::Apply(message) => {
+                        if !worker.process(&message, &token).await {
+                            return;
+                        }
+                        if let Err(error) = consumer.store_offset(message.topic(), partition, message.offset()) {
+                            tracing::warn!(%error, partition, "cannot store offset (partition revoked?)");
+                        }
+                    }
+                    Job::Settle(settlement) => worker.engine.settle(settlement).await,
+                }
+            }
+        });
+        Lane { jobs, stop, task }
+    }
+
+    /// Stops every lane after the message in hand.
+    async fn stop(&mut self) {
+        let tasks: Vec<JoinHandle<()>> = self
+            .running
+            .drain()
+            .map(|(_, lane)| {
+                lane.stop.cancel();
+                lane.task
+            })
+            .chain(self.retiring.drain().map(|(_, task)| task))
+            .collect();
+        for task in tasks {
+            let _ = task.await;
         }
     }
 }
@@ -235,12 +371,12 @@ impl Worker {
 
     /// Applies one message in its `kafka.process` span (a child of the trace context in its headers); returns
     /// false if shutdown interrupted the retries.
-    async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+    async fn process(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> bool {
         let span = platform::kafka::process_span(message);
         self.apply(message, shutdown).instrument(span).await
     }
 
-    async fn apply(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+    async fn apply(&self, message: &OwnedMessage, shutdown: &CancellationToken) -> bool {
         let origin =
             Origin { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
         let decoded = match Message::decode(message.payload().unwrap_or_default()) {
@@ -266,7 +402,7 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, message: &BorrowedMessage<'_>, error: &str, shutdown: &CancellationToken) -> bool {
+    async fn dead_letter(&self, message: &OwnedMessage, error: &str, shutdown: &CancellationToken) -> bool {
         tracing::warn!(error, partition = message.partition(), offset = message.offset(), "dead-lettering a message");
         let sent = retry_until_done(shutdown, "dead-lettering", || async {
             self.publisher.dead_letter(message, error, 1, "orchestrator").await.map_err(crate::engine::Error::Bus)

@@ -200,7 +200,7 @@ impl Engine {
         self.observe(&saga, &next, event, &actions, definition, now);
         self.publish(&mut next).await?;
         if !self.unsettled.defer(&next, now, self.settle_after) {
-            self.settle(&Settlement::of(&next, now)).await?;
+            self.settle_now(&Settlement::of(&next, now)).await?;
             next.pending_log.clear();
         }
         let outcome = outcome(&saga, &next, &actions);
@@ -217,15 +217,19 @@ impl Engine {
     }
 
     /// Publishes the saga's outbox and empties it (in memory); the timeline entries in `pending_log` say
-    /// where each message landed.
+    /// where each message landed. The messages are sent together (enqueued in outbox order, so that two
+    /// for the same partition keep their order) and waited for together.
     async fn publish(&self, saga: &mut SagaRecord) -> Result<(), Error> {
-        let mut pii: Option<OrderPii> = None;
+        let mut messages = Vec::with_capacity(saga.outbox.len());
         for entry in &saga.outbox {
-            let (topic, message) = self.build(saga, entry, &mut pii).await?;
-            let delivered = self.bus.publish(topic, &message).await?;
-            self.metrics.published.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc();
+            messages.push(self.build(saga, entry).await?);
+        }
+        let sends = messages.iter().map(|(topic, message)| self.bus.publish(topic, message));
+        let delivered = futures_util::future::try_join_all(sends).await?;
+        for ((topic, message), delivered) in messages.iter().zip(delivered) {
+            self.metrics.published.get_or_create(&TopicLabel { topic: (*topic).to_owned() }).inc();
             let sent = saga.pending_log.iter_mut().flat_map(|e| e.sent.iter_mut());
-            for sent in sent.filter(|s| s.message_id == entry.message_id) {
+            for sent in sent.filter(|s| s.message_id == message.meta.message_id) {
                 sent.partition = Some(delivered.partition);
                 sent.offset = Some(delivered.offset);
             }
@@ -236,7 +240,7 @@ impl Engine {
 
     /// Appends the settlement's timeline entries to the log, then empties the saga's outbox and pending
     /// timeline if it is still at the settlement's version.
-    async fn settle(&self, settlement: &Settlement) -> Result<(), Error> {
+    async fn settle_now(&self, settlement: &Settlement) -> Result<(), Error> {
         self.store.append_log(&settlement.log).await?;
         if self.store.clear_pending(settlement.saga_id, settlement.version).await? {
             self.cache.settled(settlement.saga_id, settlement.version);
@@ -245,23 +249,26 @@ impl Engine {
     }
 
     /// Settles the sagas whose settlement is due at `now` (every one with `DateTime::MAX_UTC`, as before
-    /// shutting down), at most a batch; a settlement that fails is tried again later. Returns how many
-    /// were settled.
+    /// shutting down), at most a batch. Returns how many were taken.
     pub async fn settle_due(&self, now: DateTime<Utc>) -> usize {
-        let mut settled = 0;
-        for settlement in self.unsettled.take_due(now, SETTLE_BATCH) {
-            match self.settle(&settlement).await {
-                Ok(()) => settled += 1,
-                Err(error) => {
-                    tracing::warn!(saga_id = %settlement.saga_id, %error, "cannot settle a saga; trying again later");
-                    let later = self.clock.now()
-                        + chrono::TimeDelta::from_std(self.settle_after.max(std::time::Duration::from_secs(1)))
-                            .unwrap_or(chrono::TimeDelta::MAX);
-                    self.unsettled.retry(settlement, later);
-                }
-            }
+        let due = self.unsettled.take_due(now, SETTLE_BATCH);
+        let taken = due.len();
+        for settlement in due {
+            self.settle(settlement).await;
         }
-        settled
+        taken
+    }
+
+    /// Settles one saga now (the caller took the settlement from [`Engine::unsettled`]); a settlement that
+    /// fails is tried again later.
+    pub async fn settle(&self, settlement: Settlement) {
+        if let Err(error) = self.settle_now(&settlement).await {
+            tracing::warn!(saga_id = %settlement.saga_id, %error, "cannot settle a saga; trying again later");
+            let later = self.clock.now()
+                + chrono::TimeDelta::from_std(self.settle_after.max(std::time::Duration::from_secs(1)))
+                    .unwrap_or(chrono::TimeDelta::MAX);
+            self.unsettled.retry(settlement, later);
+        }
     }
 
     /// Publishes the saga's outbox, appends its pending timeline entries, then empties both if the saga is
@@ -272,7 +279,7 @@ impl Engine {
         }
         let mut saga = saga.clone();
         self.publish(&mut saga).await?;
-        self.settle(&Settlement::of(&saga, self.clock.now())).await
+        self.settle_now(&Settlement::of(&saga, self.clock.now())).await
     }
 
     /// Takes over `partitions` (after the instance was assigned them): loads the pending deadlines of their
@@ -304,13 +311,9 @@ impl Engine {
         Ok(pending.len())
     }
 
-    /// The message an outbox entry stands for, and its topic.
-    async fn build(
-        &self,
-        saga: &SagaRecord,
-        entry: &OutboxEntry,
-        pii: &mut Option<OrderPii>,
-    ) -> Result<(&'static str, Message), Error> {
+    /// The message an outbox entry stands for, and its topic. The order's personal data, which two commands
+    /// carry, is read once per saga while the saga is [cached](crate::cache).
+    async fn build(&self, saga: &SagaRecord, entry: &OutboxEntry) -> Result<(&'static str, Message), Error> {
         let meta = Meta {
             message_id: entry.message_id,
             saga_id: saga.id,
@@ -325,9 +328,17 @@ impl Engine {
             Outgoing::Transitioned { event } => (topics::EVENT, Body::Transitioned(event.clone()), "saga.transitioned"),
             Outgoing::Command { command } => {
                 let needs_pii = matches!(command, CommandKind::PaymentCharge | CommandKind::ShippingCreate);
-                if needs_pii && pii.is_none() {
-                    *pii = self.store.get_pii(saga.id).await?;
-                }
+                let pii = match self.cache.pii(saga.id) {
+                    Some(pii) => Some(pii),
+                    None if needs_pii => {
+                        let pii = self.store.get_pii(saga.id).await?;
+                        if let Some(pii) = &pii {
+                            self.cache.keep_pii(saga.id, pii.clone());
+                        }
+                        pii
+                    }
+                    None => None,
+                };
                 let body = Body::Command(command_for(saga, *command, pii.as_ref())?);
                 (command.participant().command_topic(), body, command.message_type())
             }

@@ -11,9 +11,10 @@ use proto_events::envelope::headers;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message as KafkaMessage, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tracing::Instrument;
 
@@ -175,12 +176,22 @@ impl KafkaSettings {
         Error::Client { bootstrap_servers: self.bootstrap_servers.clone(), source: Box::new(source) }
     }
 
-    /// Asks the cluster for its metadata, to tell whether it answers within `timeout`.
+    /// A client for metadata requests that never creates a topic by asking about it (even where the
+    /// brokers allow automatic creation).
+    fn metadata_client(&self) -> Result<BaseConsumer, Error> {
+        let mut config = self.client_config();
+        config.set("allow.auto.create.topics", "false");
+        config.create().map_err(|e| self.client_error(e))
+    }
+
+    /// Asks the cluster about one topic, to tell whether it answers within `timeout`. (Not about every
+    /// topic: on a cluster with thousands of topics that answer is large and slow.)
     pub async fn ping(&self, timeout: Duration) -> Result<(), Error> {
-        let producer: FutureProducer = self.client_config().create().map_err(|e| self.client_error(e))?;
+        let client = self.metadata_client()?;
+        let topic = self.topic(PING_TOPIC);
         let bootstrap_servers = self.bootstrap_servers.clone();
         tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).map(|_| ()).map_err(|source| Error::Unreachable {
+            client.fetch_metadata(Some(&topic), timeout).map(|_| ()).map_err(|source| Error::Unreachable {
                 bootstrap_servers,
                 timeout,
                 source: Box::new(source),
@@ -190,6 +201,9 @@ impl KafkaSettings {
         .expect("metadata request task panicked")
     }
 }
+
+/// The topic [`KafkaSettings::ping`] asks about (it need not exist).
+const PING_TOPIC: &str = "saga.reply";
 
 /// What [`ensure_topics`] found or did for one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,10 +253,11 @@ async fn describe(
 ) -> Result<Vec<TopicOutcome>, Error> {
     // A topic just created shows up in the metadata (with its partitions) a moment later: wait for every
     // topic to be there, so that callers can rely on it.
-    let admin = std::sync::Arc::new(admin);
+    drop(admin);
+    let client = std::sync::Arc::new(settings.metadata_client()?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let counts = partition_counts(settings, admin.clone(), names.clone()).await?;
+        let counts = partition_counts(settings, client.clone(), names.clone()).await?;
         let all_visible = counts.iter().all(|&n| n > 0);
         if all_visible || tokio::time::Instant::now() >= deadline {
             let outcomes = names
@@ -262,28 +277,67 @@ async fn describe(
     }
 }
 
-/// The partition count of each of `names` in the cluster's metadata (0 for a topic not seen yet).
+/// Deletes every topic whose name starts with one of `prefixes` (the test suites' leftovers); returns how
+/// many it deleted. Asks for every topic's metadata once, so it may take a few seconds on a large cluster.
+pub async fn delete_topics_with_prefixes(settings: &KafkaSettings, prefixes: &[&str]) -> Result<usize, Error> {
+    let client = settings.metadata_client()?;
+    let timeout = Duration::from_secs(60);
+    let unreachable = |source: KafkaError| Error::Unreachable {
+        bootstrap_servers: settings.bootstrap_servers.clone(),
+        timeout,
+        source: Box::new(source),
+    };
+    let metadata = tokio::task::spawn_blocking(move || client.fetch_metadata(None, timeout))
+        .await
+        .expect("metadata request task panicked")
+        .map_err(unreachable)?;
+    let doomed: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|name| prefixes.iter().any(|p| name.starts_with(p)))
+        .collect();
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client_config().create().map_err(|e| settings.client_error(e))?;
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let mut deleted = 0;
+    for chunk in doomed.chunks(500) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        for result in admin.delete_topics(&names, &options).await.map_err(unreachable)? {
+            match result {
+                Ok(_) => deleted += 1,
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::CreateTopic { topic, reason: format!("cannot delete: {code}") });
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// The partition count of each of `names` in the cluster's metadata (0 for a topic not seen yet), asking
+/// about those topics only.
 async fn partition_counts(
     settings: &KafkaSettings,
-    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+    client: std::sync::Arc<BaseConsumer>,
     names: Vec<String>,
 ) -> Result<Vec<i32>, Error> {
     let bootstrap_servers = settings.bootstrap_servers.clone();
     let timeout = Duration::from_secs(10);
-    let metadata = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
-        .await
-        .expect("metadata request task panicked")
-        .map_err(|source| Error::Unreachable { bootstrap_servers, timeout, source: Box::new(source) })?;
-    Ok(names
-        .iter()
-        .map(|topic| {
-            metadata
-                .topics()
-                .iter()
-                .find(|t| t.name() == topic)
-                .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX))
-        })
-        .collect())
+    tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|topic| {
+                let metadata = client.fetch_metadata(Some(topic), timeout)?;
+                let found = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none());
+                Ok(found.map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+            })
+            .collect::<Result<Vec<i32>, KafkaError>>()
+    })
+    .await
+    .expect("metadata request task panicked")
+    .map_err(|source| Error::Unreachable { bootstrap_servers, timeout, source: Box::new(source) })
 }
 
 /// The partition Kafka's default (murmur2) partitioner picks for `key` among `partitions`; the producers here

@@ -1,11 +1,18 @@
 //! Creates the saga system's Kafka topics (idempotent): the command, reply and event topics and a `.dlq`
 //! twin of each. Partitions and replication factor come from `KAFKA_TOPIC_PARTITIONS` and
 //! `KAFKA_REPLICATION_FACTOR`. `make infra-up` runs it once Kafka answers.
+//!
+//! `saga-topics --delete-test-topics` instead deletes the topics the test suites leave behind (names
+//! starting with `e2e.`, `it.` or `it-`); `make test` runs it when it reuses a running Kafka, which would
+//! otherwise gather thousands of partitions over many runs.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use platform::kafka::{KafkaSettings, TopicOutcome, ensure_topics};
+use platform::kafka::{KafkaSettings, TopicOutcome, delete_topics_with_prefixes, ensure_topics};
+
+/// The prefixes of the topics the test suites create (a unique one per test).
+const TEST_PREFIXES: &[&str] = &["e2e.", "it.", "it-"];
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -21,6 +28,15 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings = KafkaSettings::from_env()?;
     settings.ping(Duration::from_secs(10)).await?;
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("--delete-test-topics") => {
+            let deleted = delete_topics_with_prefixes(&settings, TEST_PREFIXES).await?;
+            eprintln!("saga-topics: deleted {deleted} topics left by earlier test runs");
+            return Ok(());
+        }
+        Some(other) => anyhow::bail!("unknown argument {other:?}; the only one is --delete-test-topics"),
+    }
     for outcome in ensure_topics(&settings, &proto_events::topics::all()).await? {
         let line = match outcome {
             TopicOutcome::Created { topic, partitions } => {
