@@ -287,10 +287,11 @@ impl Engine {
     /// bug: an outbox message that does not validate) is logged and skipped, so that it cannot hold up the
     /// others.
     pub async fn recover(&self, partitions: &[i32]) -> Result<usize, Error> {
-        for due in self.store.due(partitions, DateTime::<Utc>::MAX_UTC, usize::MAX).await? {
+        let sagas = self.store.recoverable(partitions, usize::MAX).await?;
+        for due in sagas.iter().filter_map(store::Due::of) {
             self.deadlines.load(&due);
         }
-        let pending = self.store.pending(partitions, RECOVERY_BATCH).await?;
+        let pending: Vec<&SagaRecord> = sagas.iter().filter(|s| s.has_pending()).take(RECOVERY_BATCH).collect();
         for saga in &pending {
             // What was left pending belongs to the order's trace.
             let span = tracing::info_span!(

@@ -306,7 +306,7 @@ async fn clear_pending_empties_the_outbox_only_at_the_given_version() {
 
     assert!(!store.clear_pending(saga.id, 2).await.expect("clear at an old version"));
     assert_eq!(get(&store, saga.id).await, saga, "unchanged");
-    assert_eq!(ids(&store.pending(&[2], 10).await.expect("pending")), BTreeSet::from([saga.id]));
+    assert!(get(&store, saga.id).await.has_pending());
 
     assert!(store.clear_pending(saga.id, 3).await.expect("clear at the current version"));
     let cleared = get(&store, saga.id).await;
@@ -314,7 +314,9 @@ async fn clear_pending_empties_the_outbox_only_at_the_given_version() {
     expected.outbox.clear();
     expected.pending_log.clear();
     assert_eq!(cleared, expected, "only the outbox and the pending timeline change; the version stays");
-    assert!(store.pending(&[2], 10).await.expect("pending").is_empty());
+    let recoverable = store.recoverable(&[2], 10).await.expect("recoverable");
+    assert!(recoverable.iter().all(|s| !s.has_pending()), "still there for its deadline only: {recoverable:?}");
+    assert_eq!(ids(&recoverable), BTreeSet::from([saga.id]));
     assert!(!store.clear_pending(Uuid::now_v7(), 1).await.expect("clear an unknown saga"));
     db.drop().await.expect("drop the test database");
 }
@@ -349,46 +351,45 @@ async fn append_log_skips_entries_already_there_and_the_timeline_is_ordered_by_s
 }
 
 #[tokio::test]
-async fn due_finds_passed_deadlines_in_the_given_partitions_earliest_first() {
-    let (db, store) = store("due").await;
+async fn recoverable_finds_the_sagas_with_a_deadline_or_unsettled_work_in_the_given_partitions() {
+    let (db, store) = store("recoverable").await;
     let running = Phase::Running { step: 0, attempt: 1 };
     let timeout = |seconds| deadline(precise(seconds), DeadlineKind::StepTimeout, 0, 1);
-    let first = settled(0, running, timeout(1));
-    let third = settled(1, Phase::Backoff { step: 2, attempt: 3 }, deadline(precise(3), DeadlineKind::RetryDue, 2, 3));
-    let second = settled(0, running, timeout(2));
-    let elsewhere = settled(2, running, timeout(0));
-    let later = settled(0, running, timeout(10));
-    let none = settled(1, Phase::Completed, None);
-    for saga in [&first, &third, &second, &elsewhere, &later, &none] {
+    let waiting = settled(0, running, timeout(1));
+    let backoff =
+        settled(1, Phase::Backoff { step: 2, attempt: 3 }, deadline(precise(3), DeadlineKind::RetryDue, 2, 3));
+    let unsettled = saga(1, Phase::Completed, None);
+    let mut log_only = settled(0, Phase::Compensated, None);
+    log_only.pending_log.push(log_entry(log_only.id, 4, "unflushed"));
+    let elsewhere = saga(2, running, timeout(0));
+    let done = settled(1, Phase::Completed, None);
+    for saga in [&waiting, &backoff, &unsettled, &log_only, &elsewhere, &done] {
         store.insert(saga).await.expect("insert");
     }
-    let due_of = |saga: &SagaRecord| Due {
-        saga_id: saga.id,
-        partition: saga.partition,
-        deadline: saga.state.deadline.expect("a deadline"),
-        correlation_id: saga.correlation_id,
-        traceparent: saga.traceparent.clone(),
-    };
 
-    let due = store.due(&[0, 1], secs(5), 10).await.expect("due");
-    assert_eq!(due, [due_of(&first), due_of(&second), due_of(&third)]);
-    assert_eq!(store.due(&[0, 1], secs(5), 2).await.expect("due"), [due_of(&first), due_of(&second)]);
-    assert_eq!(store.due(&[0, 1], precise(2), 10).await.expect("due"), [due_of(&first), due_of(&second)], "<= now");
-    assert!(store.due(&[0, 1], secs(0), 10).await.expect("due").is_empty());
-    assert!(store.due(&[3], secs(100), 10).await.expect("due").is_empty());
-    assert!(store.due(&[], secs(100), 10).await.expect("due").is_empty());
+    let found = store.recoverable(&[0, 1], 10).await.expect("recoverable");
+    assert_eq!(ids(&found), BTreeSet::from([waiting.id, backoff.id, unsettled.id, log_only.id]));
+    assert!(found.contains(&backoff), "whole records: {found:?}");
+    let due = Due::of(&waiting).expect("a deadline");
+    assert_eq!((due.saga_id, due.partition, due.deadline), (waiting.id, 0, timeout(1).expect("a deadline")));
+    assert_eq!(due.traceparent, waiting.traceparent);
+    assert_eq!(store.recoverable(&[0, 1], 2).await.expect("recoverable").len(), 2, "at most the limit");
+    assert!(store.recoverable(&[3], 10).await.expect("recoverable").is_empty());
+    assert!(store.recoverable(&[], 10).await.expect("recoverable").is_empty());
 
-    // A saga whose deadline is cleared is no longer due.
-    let mut finished = first.clone();
+    // Once its deadline is cleared and its work settled, a saga is no longer of interest.
+    let mut finished = waiting.clone();
     finished.version += 1;
     finished.state = SagaState { phase: Phase::Completed, deadline: None, reason: None, ..SagaState::new() };
-    store.replace(&finished, first.version).await.expect("replace");
-    assert_eq!(store.due(&[0, 1], secs(5), 10).await.expect("due"), [due_of(&second), due_of(&third)]);
+    store.replace(&finished, waiting.version).await.expect("replace");
+    store.clear_pending(unsettled.id, unsettled.version).await.expect("clear");
+    let found = store.recoverable(&[0, 1], 10).await.expect("recoverable");
+    assert_eq!(ids(&found), BTreeSet::from([backoff.id, log_only.id]));
     db.drop().await.expect("drop the test database");
 }
 
 #[tokio::test]
-async fn pending_and_not_started_select_by_partition_and_state() {
+async fn unsettled_and_not_started_sagas_are_selected_by_partition_and_state() {
     let (db, store) = store("pending").await;
     let pending_0 = saga(0, Phase::Running { step: 0, attempt: 1 }, None);
     let settled_0 = settled(0, Phase::Running { step: 0, attempt: 1 }, None);
@@ -405,11 +406,10 @@ async fn pending_and_not_started_select_by_partition_and_state() {
         store.insert(saga).await.expect("insert");
     }
 
-    let pending = store.pending(&[0, 1], 10).await.expect("pending");
+    let pending = store.recoverable(&[0, 1], 10).await.expect("recoverable");
     assert_eq!(ids(&pending), BTreeSet::from([pending_0.id, pending_1.id, log_only.id]));
     assert!(pending.contains(&pending_0), "whole records: {pending:?}");
-    assert_eq!(store.pending(&[0, 1], 2).await.expect("pending").len(), 2, "at most the limit");
-    assert!(store.pending(&[2], 10).await.expect("pending").is_empty());
+    assert!(store.recoverable(&[2], 10).await.expect("recoverable").is_empty());
 
     let started = |before, limit| store.not_started(&[0, 1], before, limit);
     assert_eq!(ids(&started(secs(5), 10).await.expect("not started")), BTreeSet::from([old_start.id]));

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator::model::{LogEntry, OrderPii, SagaRecord};
 use orchestrator::store::memory::MemoryStore;
-use orchestrator::store::{Census, Claim, Due, Error, SagaFilter, SagaStore};
+use orchestrator::store::{Census, Claim, Error, SagaFilter, SagaStore};
 use participants::inventory::MemoryStockStore;
 use participants::inventory::store::{Reservation, StockMove, StockStore};
 use participants::payment::MemoryPaymentStore;
@@ -132,14 +132,9 @@ impl SagaStore for FaultyStore {
         self.inner.list(filter, limit).await
     }
 
-    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {
-        self.read("store.due")?;
-        self.inner.due(partitions, now, limit).await
-    }
-
-    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
-        self.read("store.pending")?;
-        self.inner.pending(partitions, limit).await
+    async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
+        self.read("store.recoverable")?;
+        self.inner.recoverable(partitions, limit).await
     }
 
     async fn not_started(

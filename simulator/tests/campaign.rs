@@ -73,7 +73,7 @@ fn covered(report: &CampaignReport) {
         "fault.store.insert.FailAfter",
         "fault.bus.publish.FailBefore",
         "fault.bus.publish.FailAfter",
-        "fault.store.due.FailBefore",
+        "fault.store.recoverable.FailBefore",
         "orchestrator.crash",
         "orchestrator.stall",
         "group.move",

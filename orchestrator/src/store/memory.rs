@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use saga_defs::Phase;
 use uuid::Uuid;
 
-use super::{Census, Claim, Due, Error, SagaFilter, SagaStore, StateSummary};
+use super::{Census, Claim, Error, SagaFilter, SagaStore, StateSummary};
 use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
@@ -122,27 +122,10 @@ impl SagaStore for MemoryStore {
         Ok(self.lock().sagas.values().filter(|s| filter.admits(s)).take(limit).cloned().collect())
     }
 
-    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {
+    async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
         let inner = self.lock();
-        let mut due: Vec<Due> = select(&inner.sagas, partitions, |s| s.state.deadline.is_some_and(|d| d.at <= now))
-            .filter_map(|s| {
-                s.state.deadline.map(|deadline| Due {
-                    saga_id: s.id,
-                    partition: s.partition,
-                    deadline,
-                    correlation_id: s.correlation_id,
-                    traceparent: s.traceparent.clone(),
-                })
-            })
-            .collect();
-        due.sort_by_key(|d| (d.deadline.at, d.saga_id));
-        due.truncate(limit);
-        Ok(due)
-    }
-
-    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
-        let inner = self.lock();
-        Ok(select(&inner.sagas, partitions, SagaRecord::has_pending).take(limit).cloned().collect())
+        let keep = |s: &SagaRecord| s.has_pending() || s.state.deadline.is_some();
+        Ok(select(&inner.sagas, partitions, keep).take(limit).cloned().collect())
     }
 
     async fn not_started(

@@ -65,6 +65,19 @@ pub struct Due {
     pub traceparent: Option<String>,
 }
 
+impl Due {
+    /// The deadline of `saga`, if it has one.
+    pub fn of(saga: &SagaRecord) -> Option<Self> {
+        saga.state.deadline.map(|deadline| Self {
+            saga_id: saga.id,
+            partition: saga.partition,
+            deadline,
+            correlation_id: saga.correlation_id,
+            traceparent: saga.traceparent.clone(),
+        })
+    }
+}
+
 /// Which sagas an operator lists.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SagaFilter {
@@ -135,11 +148,9 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// Sagas passing `filter`, by id, at most `limit` (an operator's query; it may scan).
     async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error>;
 
-    /// Sagas in `partitions` whose deadline is at or before `now`, earliest first, at most `limit`.
-    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error>;
-
-    /// Sagas in `partitions` with an unflushed outbox or timeline, at most `limit`.
-    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error>;
+    /// What an instance taking over `partitions` must know, in one scan: their sagas with a deadline (for
+    /// the timer) or with an unsettled outbox or timeline (to publish and settle), at most `limit`.
+    async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error>;
 
     /// Sagas in `partitions` still in state STARTED and created before `before`, at most `limit`.
     async fn not_started(

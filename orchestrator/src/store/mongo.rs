@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 use uuid::Uuid;
 
-use super::{Census, Claim, Due, Error, SagaFilter, SagaStore, StateSummary};
+use super::{Census, Claim, Error, SagaFilter, SagaStore, StateSummary};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
@@ -431,51 +431,20 @@ impl SagaStore for MongoStore {
         collect(cursor, "list sagas").await?.into_iter().map(SagaRecord::try_from).collect()
     }
 
-    #[tracing::instrument(name = "db.saga.due", skip_all, fields(
+    #[tracing::instrument(name = "db.saga.recoverable", skip_all, fields(
         otel.kind = "client", db.system.name = "mongodb",
         db.collection.name = "sagas", db.operation.name = "find"
     ))]
-    async fn due(&self, partitions: &[i32], now: DateTime<Utc>, limit: usize) -> Result<Vec<Due>, Error> {
+    async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
         let mut filter = in_partitions(partitions);
-        filter.insert("deadline_at", doc! { "$lte": bson_date(now) });
-        let cursor = self
-            .sagas
-            .find(filter)
-            .sort(doc! { "deadline_at": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(db("find due sagas"))?;
-        let docs = collect(cursor, "find due sagas").await?;
-        let mut due = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let saga = SagaRecord::try_from(doc)?;
-            if let Some(deadline) = saga.state.deadline {
-                due.push(Due {
-                    saga_id: saga.id,
-                    partition: saga.partition,
-                    deadline,
-                    correlation_id: saga.correlation_id,
-                    traceparent: saga.traceparent.clone(),
-                });
-            }
-        }
-        Ok(due)
-    }
-
-    #[tracing::instrument(name = "db.saga.pending", skip_all, fields(
-        otel.kind = "client", db.system.name = "mongodb",
-        db.collection.name = "sagas", db.operation.name = "find"
-    ))]
-    async fn pending(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
-        let mut filter = in_partitions(partitions);
-        filter.insert("pending", true);
+        filter.insert("$or", vec![doc! { "pending": true }, doc! { "deadline_at": { "$ne": null } }]);
         let cursor = self
             .sagas
             .find(filter)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
-            .map_err(db("find pending sagas"))?;
-        collect(cursor, "find pending sagas").await?.into_iter().map(SagaRecord::try_from).collect()
+            .map_err(db("find sagas to recover"))?;
+        collect(cursor, "find sagas to recover").await?.into_iter().map(SagaRecord::try_from).collect()
     }
 
     #[tracing::instrument(name = "db.saga.not_started", skip_all, fields(
