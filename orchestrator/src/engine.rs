@@ -240,12 +240,41 @@ impl Engine {
 
     /// Appends the settlement's timeline entries to the log, then empties the saga's outbox and pending
     /// timeline if it is still at the settlement's version.
+    ///
+    /// If the saga moved on meanwhile and not by this instance (an instance that lost the partition wrote it
+    /// before it noticed), nobody else would settle it: it is read, and its outbox published and settled as
+    /// stored.
     async fn settle_now(&self, settlement: &Settlement) -> Result<(), Error> {
-        self.store.append_log(&settlement.log).await?;
-        if self.store.clear_pending(settlement.saga_id, settlement.version).await? {
-            self.cache.settled(settlement.saga_id, settlement.version);
+        if self.settle_at_version(settlement).await? {
+            return Ok(());
+        }
+        let saga_id = settlement.saga_id;
+        let ours = self.unsettled.contains(saga_id)
+            || self.cache.get(saga_id).is_some_and(|cached| cached.version > settlement.version);
+        if ours {
+            // A later transition of this instance's has its own settlement (or was settled with it).
+            return Ok(());
+        }
+        self.cache.remove(saga_id);
+        let Some(mut stored) = self.store.get(saga_id).await? else { return Ok(()) };
+        if stored.has_pending() {
+            tracing::info!(%saga_id, version = stored.version, "settling a saga another instance wrote");
+            self.publish(&mut stored).await?;
+            // If it moved on again, its writer settles it, or the partition's next recovery does.
+            self.settle_at_version(&Settlement::of(&stored, self.clock.now())).await?;
         }
         Ok(())
+    }
+
+    /// Appends the settlement's entries to the log and empties the saga's outbox and pending timeline if it is
+    /// still at the settlement's version; returns whether it was.
+    async fn settle_at_version(&self, settlement: &Settlement) -> Result<bool, Error> {
+        self.store.append_log(&settlement.log).await?;
+        let cleared = self.store.clear_pending(settlement.saga_id, settlement.version).await?;
+        if cleared {
+            self.cache.settled(settlement.saga_id, settlement.version);
+        }
+        Ok(cleared)
     }
 
     /// Settles the sagas whose settlement is due at `now` (every one with `DateTime::MAX_UTC`, as before

@@ -129,6 +129,11 @@ impl Unsettled {
         queue.by_saga.insert(settlement.saga_id, settlement);
     }
 
+    /// Whether a settlement of the saga waits.
+    pub fn contains(&self, saga_id: Uuid) -> bool {
+        self.lock().by_saga.contains_key(&saga_id)
+    }
+
     /// When the earliest settlement is due.
     pub fn next_due(&self) -> Option<DateTime<Utc>> {
         self.lock().by_due.first().map(|(at, _)| *at)

@@ -792,6 +792,39 @@ async fn sagas_of_a_revoked_partition_are_left_unsettled_and_their_next_owner_re
 }
 
 #[tokio::test]
+async fn a_saga_written_by_an_instance_that_lost_its_partition_is_still_settled_by_the_owner() {
+    let h = Harness::deferred();
+    let (id, _, reserve) = started(&h).await;
+    succeed(&h, &reserve).await;
+    // A stalled instance wakes and records one more (ignored) message before it learns that it lost the
+    // partition; it never settles that write.
+    let stored = h.record(id).await;
+    let mut zombie = stored.clone();
+    zombie.version += 1;
+    let mut entry = stored.pending_log.last().expect("an unsettled entry").clone();
+    entry.seq = zombie.version;
+    entry.kind = EntryKind::Ignored;
+    entry.sent.clear();
+    zombie.pending_log.push(entry);
+    h.store.replace(&zombie, stored.version).await.expect("the zombie's write");
+
+    h.clock.advance(TimeDelta::seconds(5));
+    assert_eq!(h.engine.settle_due(h.now()).await, 1);
+    let settled = h.record(id).await;
+    assert!(!settled.has_pending(), "settled as stored: {settled:?}");
+    assert_eq!(settled.version, zombie.version);
+    let timeline = h.store.timeline(id).await.expect("timeline");
+    assert_eq!(timeline.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=zombie.version).collect::<Vec<_>>());
+    assert_eq!(timeline.last().map(|e| e.kind), Some(EntryKind::Ignored));
+
+    let charge = Published::split(h.bus.take());
+    assert_eq!(charge.commands.len(), 1, "the stored outbox is published again, with its ids: {:?}", charge.commands);
+    assert_eq!(command_kind(&charge.commands[0]), CommandKind::PaymentCharge);
+    let answered = h.apply(&h.reply(&charge.commands[0], Reply::ok())).await;
+    assert_eq!(answered, transitioned("RUNNING", "RUNNING"), "the owner goes on from the stored saga");
+}
+
+#[tokio::test]
 async fn a_saga_whose_document_holds_many_unsettled_entries_settles_at_once() {
     let h = Harness::deferred();
     let (id, _, reserve) = started(&h).await;
