@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::cache::SagaCache;
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
-use crate::settle::{Settlement, Unsettled};
+use crate::settle::{SETTLE_BATCH, Settlement, Unsettled};
 use crate::timers::Deadlines;
 
 /// The partitions of `saga.reply` this instance owns right now.
@@ -209,9 +209,6 @@ impl ReplyConsumer {
         Ok(())
     }
 }
-
-/// Most due settlements handed to the lanes at once.
-const SETTLE_BATCH: usize = 256;
 
 /// Messages waiting in a lane at most; the consumer waits when one is full.
 const LANE_CAPACITY: usize = 256;

@@ -31,15 +31,12 @@ use crate::clock::Clock;
 use crate::definitions::Definitions;
 use crate::metrics::{AttemptOutcome, FenceLabel, Metrics, StepLabel, TopicLabel, step_label};
 use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
-use crate::settle::{DEFAULT_SETTLE_AFTER, Settlement, Unsettled};
+use crate::settle::{DEFAULT_SETTLE_AFTER, SETTLE_BATCH, Settlement, Unsettled};
 use crate::store::{self, SagaStore};
 use crate::timers::Deadlines;
 
 /// Most sagas flushed in one recovery pass; more are flushed as their next message arrives.
 const RECOVERY_BATCH: usize = 10_000;
-
-/// Most sagas settled in one pass between messages.
-const SETTLE_BATCH: usize = 256;
 
 /// Why a message could not be applied.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,9 @@ pub const DEFAULT_SETTLE_AFTER: Duration = Duration::from_secs(5);
 /// Timeline entries a saga's document holds at most before it is settled right away.
 pub const MAX_UNSETTLED_ENTRIES: usize = 16;
 
+/// Most settlements taken from the queue at once (between two messages).
+pub const SETTLE_BATCH: usize = 256;
+
 /// Settlements held at most; beyond this a transition settles right away.
 pub const MAX_UNSETTLED_SAGAS: usize = 20_000;
 
