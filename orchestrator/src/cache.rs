@@ -112,36 +112,12 @@ impl SagaCache {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, Utc};
-    use proto_events::commands::Currency;
-    use saga_defs::{Phase, SagaState};
+    use saga_defs::Phase;
 
     use super::*;
-    use crate::model::OrderSummary;
 
     fn saga(partition: i32, phase: Phase) -> SagaRecord {
-        let at = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).expect("a valid instant");
-        SagaRecord {
-            id: Uuid::now_v7(),
-            version: 3,
-            definition: "order_fulfilment".into(),
-            definition_version: 1,
-            state: SagaState { phase, ..SagaState::new() },
-            partition,
-            correlation_id: Uuid::now_v7(),
-            traceparent: None,
-            order: OrderSummary {
-                items: Vec::new(),
-                amount_cents: 100,
-                currency: Currency::EUR,
-                customer_ref: "ref".into(),
-            },
-            created_at: at,
-            updated_at: at,
-            state_since: at,
-            outbox: Vec::new(),
-            pending_log: Vec::new(),
-        }
+        SagaRecord::example(partition, phase)
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!
 //! The store streams each saga's state and the time it entered it into a [`StateSummary`] (counts and
 //! oldest times, so memory does not grow with the stored sagas): FerretDB's `$group` has only `$sum` and
-//! `$count`, and would scan anyway.
+//! `$count`, and would scan anyway. The live sagas are counted every interval; the sagas finished for good
+//! and moved out of them (see [`crate::store`]), whose number only grows, every
+//! [`FINISHED_CENSUS_EVERY`] intervals, so the COMPLETED, COMPENSATED and RESOLVED counts lag by up to that
+//! much.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,10 @@ pub fn summarize<S: AsRef<str>>(sagas: impl IntoIterator<Item = (S, DateTime<Utc
     }
     summary
 }
+
+/// How many gauge intervals apart the finished sagas are counted (or longer, when counting them is slow:
+/// see [`store::scan_interval`]).
+pub const FINISHED_CENSUS_EVERY: u32 = 20;
 
 /// Sets the saga gauges from the store periodically.
 #[derive(Debug)]
@@ -56,36 +63,77 @@ impl SagaGauges {
     /// interval stretches when the census is slow (see [`store::scan_interval`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut wait = Duration::ZERO;
+        let mut finished = StateSummary::default();
+        let mut finished_due = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
             let started = tokio::time::Instant::now();
-            if let Err(error) = self.update().await {
-                tracing::warn!(%error, "reading the saga gauges failed; retrying at the next interval");
+            let live = match self.live().await {
+                Ok(live) => Some(live),
+                Err(error) => {
+                    tracing::warn!(%error, "reading the saga gauges failed; retrying at the next interval");
+                    None
+                }
+            };
+            wait = slower("live", self.interval, started.elapsed());
+            if let Some(live) = &live {
+                self.set(live, &finished);
             }
-            let took = started.elapsed();
-            wait = store::scan_interval(self.interval, took);
-            if wait > self.interval {
-                tracing::debug!(
-                    took_ms = took.as_millis(),
-                    wait_ms = wait.as_millis(),
-                    "the saga census is slow; reading it less often"
-                );
+            if tokio::time::Instant::now() < finished_due {
+                continue;
+            }
+            let started = tokio::time::Instant::now();
+            match self.store.finished_census().await {
+                Ok(summary) => finished = summary,
+                Err(error) => tracing::warn!(%error, "counting the finished sagas failed; retrying later"),
+            }
+            finished_due = tokio::time::Instant::now()
+                + slower("finished", self.interval.saturating_mul(FINISHED_CENSUS_EVERY), started.elapsed());
+            if let Some(live) = &live {
+                self.set(live, &finished);
             }
         }
     }
 
-    /// Reads the store once and sets the gauges.
-    pub async fn update(&self) -> Result<(), store::Error> {
+    /// Reads the live sagas' census.
+    async fn live(&self) -> Result<store::Census, store::Error> {
         let now = self.clock.now();
         let unsettled_before = now - chrono::TimeDelta::from_std(self.backlog_after).unwrap_or(chrono::TimeDelta::MAX);
-        let census = self.store.census(unsettled_before).await?;
-        self.metrics.set_states(&census.states, now);
-        self.metrics.outbox_backlog.set(i64::try_from(census.backlog).unwrap_or(i64::MAX));
+        self.store.census(unsettled_before).await
+    }
+
+    /// Sets the gauges from the live sagas' census and the finished sagas' counts.
+    fn set(&self, live: &store::Census, finished: &StateSummary) {
+        let mut states = live.states.clone();
+        states.merge(finished);
+        self.metrics.set_states(&states, self.clock.now());
+        self.metrics.outbox_backlog.set(i64::try_from(live.backlog).unwrap_or(i64::MAX));
+    }
+
+    /// Reads the store once (the live and the finished sagas) and sets the gauges.
+    pub async fn update(&self) -> Result<(), store::Error> {
+        let live = self.live().await?;
+        let finished = self.store.finished_census().await?;
+        self.set(&live, &finished);
         Ok(())
     }
+}
+
+/// How long to wait before the next census of `which` sagas, which took `took`; says so when it is slow.
+fn slower(which: &'static str, interval: Duration, took: Duration) -> Duration {
+    let wait = store::scan_interval(interval, took);
+    if wait > interval {
+        tracing::debug!(
+            census = which,
+            took_ms = took.as_millis(),
+            wait_ms = wait.as_millis(),
+            "the saga census is slow; reading it less often"
+        );
+    }
+    wait
 }
 
 #[cfg(test)]
@@ -120,6 +168,34 @@ mod tests {
         let skewed = summarize([("RUNNING", now + TimeDelta::seconds(3))]);
         assert!(skewed.oldest_age_seconds("RUNNING", now).abs() < f64::EPSILON, "never negative");
         assert_eq!(summarize(Vec::<(String, DateTime<Utc>)>::new()), StateSummary::default());
+    }
+
+    #[tokio::test]
+    async fn the_gauges_count_the_live_and_the_finished_sagas() {
+        use crate::model::SagaRecord;
+        use crate::store::memory::MemoryStore;
+        use saga_defs::Phase;
+
+        let store = Arc::new(MemoryStore::new());
+        let (done, parked, running) = (
+            SagaRecord::example(0, Phase::Completed),
+            SagaRecord::example(1, Phase::Failed),
+            SagaRecord::example(1, Phase::Running { step: 0, attempt: 1 }),
+        );
+        let unsettled = SagaRecord::example(2, Phase::Completed);
+        for saga in [&done, &parked, &running, &unsettled] {
+            store.insert(saga).await.expect("insert");
+        }
+        for saga in [&done, &parked] {
+            assert!(store.clear_pending(saga.id, saga.version).await.expect("settle"));
+        }
+        assert_eq!(store.sizes(), (3, 1), "the settled COMPLETED saga moved to the finished ones");
+
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let clock = Arc::new(crate::clock::ManualClock::new(t(100)));
+        SagaGauges::new(store, clock, metrics.clone(), Duration::from_secs(15)).update().await.expect("update");
+        let count = |state: &str| metrics.in_state.get(&StateLabel { state: state.to_owned() }).map(|g| g.get());
+        assert_eq!((count("COMPLETED"), count("FAILED"), count("RUNNING")), (Some(2), Some(1), Some(1)));
     }
 
     #[test]

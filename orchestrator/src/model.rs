@@ -222,3 +222,32 @@ impl SagaRecord {
         !self.outbox.is_empty() || !self.pending_log.is_empty()
     }
 }
+
+#[cfg(test)]
+impl SagaRecord {
+    /// A settled saga at version 3 in `partition` and `phase`, in it since 2026-01-01, for unit tests.
+    pub(crate) fn example(partition: i32, phase: saga_defs::Phase) -> Self {
+        let at = DateTime::<Utc>::from_timestamp(1_767_225_600, 0).expect("a valid instant");
+        Self {
+            id: Uuid::now_v7(),
+            version: 3,
+            definition: "order_fulfilment".into(),
+            definition_version: 1,
+            state: SagaState { phase, ..SagaState::new() },
+            partition,
+            correlation_id: Uuid::now_v7(),
+            traceparent: None,
+            order: OrderSummary {
+                items: Vec::new(),
+                amount_cents: 100,
+                currency: Currency::EUR,
+                customer_ref: "ref".into(),
+            },
+            created_at: at,
+            updated_at: at,
+            state_since: at,
+            outbox: Vec::new(),
+            pending_log: Vec::new(),
+        }
+    }
+}

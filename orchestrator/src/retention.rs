@@ -23,6 +23,9 @@ pub struct RetentionSettings {
     pub interval: Duration,
 }
 
+/// How long a finished saga must have been unchanged before [`Retention::move_unmoved_finished`] moves it.
+pub const UNMOVED_AFTER: Duration = Duration::from_secs(3600);
+
 /// Deletes the personal data of orders finished longer ago than the retention period.
 #[derive(Debug)]
 pub struct Retention {
@@ -52,6 +55,40 @@ impl Retention {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "deleted the personal data of finished orders"),
                 Err(error) => tracing::warn!(%error, "personal data sweep failed; retrying at the next interval"),
+            }
+            match self.move_unmoved_finished().await {
+                Ok(0) => {}
+                Ok(moved) => tracing::info!(moved, "moved finished sagas out of the live ones"),
+                Err(error) => tracing::warn!(%error, "moving finished sagas failed; retrying at the next interval"),
+            }
+        }
+    }
+
+    /// Moves the sagas that finished for good but are still among the live ones (stored by a version that
+    /// kept every saga there) to the finished sagas, once unchanged for [`UNMOVED_AFTER`]: settling a
+    /// settled saga moves it, as its owner does. Returns how many were moved.
+    ///
+    /// Any instance may do it: on MongoDB the move is conditional on the version; on FerretDB (where the
+    /// version is read first) only a write to the saga in between, which so long after it finished would
+    /// be a late duplicate's note, could be lost.
+    pub async fn move_unmoved_finished(&self) -> Result<usize, crate::store::Error> {
+        let before = self.clock.now() - TimeDelta::from_std(UNMOVED_AFTER).unwrap_or(TimeDelta::MAX);
+        let mut moved = 0;
+        loop {
+            let batch = self.store.unmoved_finished(before, 1000).await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let mut progressed = false;
+            for (saga_id, version) in batch {
+                if self.store.clear_pending(saga_id, version).await? {
+                    moved += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                // Written meanwhile: the next sweep sees them again.
+                return Ok(moved);
             }
         }
     }

@@ -524,3 +524,108 @@ async fn the_saga_document_carries_its_state_and_status_for_queries() {
     assert!(raw.get_bool("pending").expect("pending"));
     db.drop().await.expect("drop the test database");
 }
+
+/// Where a saga is stored: (in `sagas`, in `sagas_finished`), as versions.
+async fn placement(db: &Database, id: Uuid) -> (Option<i64>, Option<i64>) {
+    let version = |collection: &'static str| {
+        let db = db.clone();
+        async move {
+            let found = db.collection::<Document>(collection).find_one(doc! { "_id": id.to_string() }).await;
+            found.expect("read").map(|d| d.get_i64("version").expect("a version"))
+        }
+    };
+    (version("sagas").await, version("sagas_finished").await)
+}
+
+#[tokio::test]
+async fn a_saga_finished_for_good_leaves_the_live_sagas_once_settled_and_is_still_found_by_id() {
+    let (db, mongo) = store("finished").await;
+    let memory = orchestrator::store::memory::MemoryStore::new();
+    for store in [&mongo as &dyn SagaStore, &memory] {
+        let done = saga(2, Phase::Completed, None);
+        let parked = saga(2, Phase::Failed, None);
+        let running = saga(2, Phase::Running { step: 1, attempt: 1 }, None);
+        for saga in [&done, &parked, &running] {
+            store.insert(saga).await.expect("insert");
+        }
+        store.append_log(&done.pending_log).await.expect("append the timeline");
+        for saga in [&done, &parked, &running] {
+            assert!(!store.clear_pending(saga.id, 2).await.expect("clear at an old version"), "{store:?}");
+            assert!(store.clear_pending(saga.id, 3).await.expect("clear"), "{store:?}");
+        }
+
+        // The finished saga is found by id, settled, but no scan of live sagas sees it.
+        let mut expected = done.clone();
+        expected.outbox.clear();
+        expected.pending_log.clear();
+        assert_eq!(store.get(done.id).await.expect("get"), Some(expected.clone()), "{store:?}");
+        let live = store.census(secs(100)).await.expect("census").states;
+        assert_eq!((live.count("COMPLETED"), live.count("FAILED"), live.count("RUNNING")), (0, 1, 1), "{store:?}");
+        let finished = store.finished_census().await.expect("finished census");
+        assert_eq!((finished.count("COMPLETED"), finished.count("FAILED")), (1, 0), "{store:?}");
+        assert_eq!(finished.oldest_since("COMPLETED"), Some(done.state_since), "{store:?}");
+        assert!(store.recoverable(&[2], 10).await.expect("recoverable").is_empty(), "{store:?}");
+        // Operators and the retention sweep still find it; its timeline is whole.
+        let listed = store.list(&Default::default(), 10).await.expect("list");
+        assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), [done.id, parked.id, running.id], "by id");
+        assert_eq!(listed[0], expected, "{store:?}");
+        let completed = orchestrator::store::SagaFilter { state: Some("COMPLETED".into()), ..Default::default() };
+        assert_eq!(ids(&store.list(&completed, 10).await.expect("list")), BTreeSet::from([done.id]));
+        let swept = store.finished_between(None, secs(100), 10).await.expect("finished between");
+        assert_eq!(swept, [(done.id, done.updated_at)], "{store:?}");
+        assert_eq!(store.timeline(done.id).await.expect("timeline"), done.pending_log, "{store:?}");
+        // Settling it again (a duplicate settlement) says it is settled at that version only.
+        assert!(store.clear_pending(done.id, 3).await.expect("clear again"), "{store:?}");
+        assert!(!store.clear_pending(done.id, 4).await.expect("clear a version it never had"), "{store:?}");
+        let newer = saga(2, Phase::Completed, None);
+        assert!(matches!(store.insert(&newer).await, Ok(())), "another saga is new");
+
+        // A late duplicate's note: the write brings it back among the live sagas, fenced by version.
+        let mut noted = expected.clone();
+        noted.version = 4;
+        noted.pending_log.push(log_entry(done.id, 4, "duplicate reply ignored"));
+        let error = store.replace(&noted, 2).await.expect_err("version 2 is gone");
+        assert!(matches!(error, Error::VersionConflict { expected: 2, .. }), "{error}");
+        store.replace(&noted, 3).await.expect("write the finished saga");
+        assert_eq!(store.get(done.id).await.expect("get"), Some(noted.clone()), "the live copy wins");
+        assert!(store.replace(&noted, 3).await.is_err(), "{store:?}: a second writer at version 3 is fenced");
+        let recovered = store.recoverable(&[2], 10).await.expect("recoverable");
+        assert_eq!(ids(&recovered), BTreeSet::from([done.id, newer.id]), "its note is unsettled work");
+        assert!(store.clear_pending(done.id, 4).await.expect("settle the note"));
+        let mut settled_note = noted.clone();
+        settled_note.pending_log.clear();
+        assert_eq!(store.get(done.id).await.expect("get"), Some(settled_note), "{store:?}");
+        assert_eq!(store.finished_census().await.expect("finished census").count("COMPLETED"), 1, "{store:?}");
+        assert_eq!(ids(&store.recoverable(&[2], 10).await.expect("recoverable")), BTreeSet::from([newer.id]));
+    }
+    let (done_live, done_finished) = {
+        let listed = mongo.list(&Default::default(), 10).await.expect("list");
+        let done = listed.iter().find(|s| s.version == 4).expect("the noted saga");
+        placement(&db, done.id).await
+    };
+    assert_eq!((done_live, done_finished), (None, Some(4)), "moved whole, once");
+    assert_eq!(memory.sizes(), (3, 1), "memory: the live parked, running and newer sagas; one finished");
+    db.drop().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn a_move_to_the_finished_sagas_stopped_half_way_is_completed_by_the_next_settlement() {
+    let (db, store) = store("finished_half_way").await;
+    let done = settled(1, Phase::Compensated, None);
+    store.insert(&done).await.expect("insert");
+    // Stopped after the finished copy was written, before the live one was deleted, one version back.
+    let live = db.collection::<Document>("sagas").find_one(doc! { "_id": done.id.to_string() }).await;
+    let mut older = live.expect("read").expect("the live saga");
+    older.insert("version", 2_i64);
+    db.collection::<Document>("sagas_finished").insert_one(&older).await.expect("a stale finished copy");
+    assert_eq!(placement(&db, done.id).await, (Some(3), Some(2)));
+
+    assert_eq!(get(&store, done.id).await, done, "reads take the live copy");
+    let listed = store.list(&Default::default(), 10).await.expect("list");
+    assert_eq!(listed, std::slice::from_ref(&done), "listed once, live");
+    assert_eq!(store.finished_between(None, secs(100), 10).await.expect("sweep"), [(done.id, done.updated_at)]);
+    assert!(store.clear_pending(done.id, 3).await.expect("settle"));
+    assert_eq!(placement(&db, done.id).await, (None, Some(3)), "moved, the newer copy kept");
+    assert_eq!(get(&store, done.id).await, done);
+    db.drop().await.expect("drop the test database");
+}

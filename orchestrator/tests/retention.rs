@@ -19,12 +19,21 @@ const KEEP: Duration = Duration::from_secs(3600);
 
 /// Places an order and moves its saga to `phase`, last changed `age` ago.
 async fn order_in(h: &Harness, phase: Phase, age: TimeDelta) -> Uuid {
+    place_in(h, phase, age, false).await
+}
+
+/// The same, with its outbox and timeline settled if `settled`.
+async fn place_in(h: &Harness, phase: Phase, age: TimeDelta, settled: bool) -> Uuid {
     let id = h.place().await;
     let mut saga = h.record(id).await;
     let version = saga.version;
     saga.version += 1;
     saga.state.phase = phase;
     saga.updated_at = h.now() - age;
+    if settled {
+        saga.outbox.clear();
+        saga.pending_log.clear();
+    }
     h.store.replace(&saga, version).await.expect("replace");
     id
 }
@@ -57,4 +66,33 @@ async fn personal_data_of_orders_finished_longer_ago_than_the_period_is_deleted_
     assert_eq!(retention.sweep().await.expect("sweep later"), 1, "the recent order's period ended");
     assert_eq!(h.store.get_pii(recent).await.expect("read"), None);
     assert_eq!(purged.get(), 4);
+}
+
+#[tokio::test]
+async fn finished_sagas_an_earlier_version_left_among_the_live_ones_are_moved_once_unchanged_for_an_hour() {
+    let h = Harness::new();
+    // Written as an earlier version left them: finished, settled, still live.
+    let old = place_in(&h, Phase::Completed, TimeDelta::hours(2), true).await;
+    let old_cancelled = place_in(&h, Phase::Compensated, TimeDelta::hours(2), true).await;
+    let recent = place_in(&h, Phase::Completed, TimeDelta::minutes(5), true).await;
+    let parked = place_in(&h, Phase::Failed, TimeDelta::hours(2), true).await;
+    let running = place_in(&h, Phase::Running { step: 1, attempt: 1 }, TimeDelta::hours(2), true).await;
+    for id in [old, old_cancelled, recent, parked, running] {
+        let saga = h.record(id).await;
+        assert!(!saga.has_pending(), "{id} is settled");
+    }
+    assert_eq!(h.store.sizes(), (5, 0));
+
+    let store: Arc<dyn SagaStore> = h.store.clone();
+    let settings = RetentionSettings { keep_for: KEEP, interval: KEEP };
+    let retention = Retention::new(store, h.clock.clone(), settings, Counter::default());
+    assert_eq!(retention.move_unmoved_finished().await.expect("move"), 2);
+    assert_eq!(h.store.sizes(), (3, 2), "the two old finished sagas moved");
+    for id in [old, old_cancelled, recent, parked, running] {
+        assert_eq!(h.store.get(id).await.expect("get").map(|s| s.id), Some(id), "{id} is still found");
+    }
+    assert_eq!(retention.move_unmoved_finished().await.expect("move again"), 0, "nothing twice");
+    h.clock.advance(TimeDelta::hours(1));
+    assert_eq!(retention.move_unmoved_finished().await.expect("move later"), 1, "the recent one's hour passed");
+    assert_eq!(h.store.sizes(), (2, 3));
 }

@@ -98,6 +98,12 @@ impl Phase {
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Completed | Phase::Compensated | Phase::Failed | Phase::Resolved)
     }
+
+    /// Whether the saga finished for good: not even an operator will change its state (a parked FAILED saga
+    /// is terminal, not final).
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Compensated | Phase::Resolved)
+    }
 }
 
 /// When the saga must be woken up, and what for. The orchestrator turns a passed deadline into

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator::model::{LogEntry, OrderPii, SagaRecord};
 use orchestrator::store::memory::MemoryStore;
-use orchestrator::store::{Census, Claim, Error, SagaFilter, SagaStore};
+use orchestrator::store::{Census, Claim, Error, SagaFilter, SagaStore, StateSummary};
 use participants::inventory::MemoryStockStore;
 use participants::inventory::store::{Reservation, StockMove, StockStore};
 use participants::payment::MemoryPaymentStore;
@@ -181,6 +181,16 @@ impl SagaStore for FaultyStore {
     async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error> {
         self.read("store.census")?;
         self.inner.census(unsettled_before).await
+    }
+
+    async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {
+        self.read("store.unmoved_finished")?;
+        self.inner.unmoved_finished(before, limit).await
+    }
+
+    async fn finished_census(&self) -> Result<StateSummary, Error> {
+        self.read("store.finished_census")?;
+        self.inner.finished_census().await
     }
 }
 

@@ -330,16 +330,26 @@ async fn order_statuses(
     status
 }
 
+/// Every saga in the orchestrator's database: the live ones, then the finished ones not live (a saga
+/// caught half-way through its move is in both; the live copy is the current one).
+async fn stored_sagas(stack: &Stack) -> Vec<Document> {
+    let mut sagas = all(stack, "orchestrator", "sagas").await;
+    let live: BTreeSet<String> = sagas.iter().filter_map(|s| s.get_str("_id").ok().map(str::to_owned)).collect();
+    let finished = all(stack, "orchestrator", "sagas_finished").await;
+    sagas.extend(finished.into_iter().filter(|s| s.get_str("_id").is_ok_and(|id| !live.contains(id))));
+    sagas
+}
+
 /// The orchestrator's own database holds exactly the accepted sagas, all in a terminal state.
 async fn check_saga_store(stack: &Stack, orders: &HashMap<Uuid, &Placed>, v: &mut Violations) {
     // The terminal event is published before the saga's outbox is marked flushed: give the last flush a
     // moment (bounded) before reading what is left.
     let settled = |sagas: &Vec<Document>| sagas.iter().all(|s| !s.get_bool("pending").unwrap_or(false));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut sagas = all(stack, "orchestrator", "sagas").await;
+    let mut sagas = stored_sagas(stack).await;
     while !settled(&sagas) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        sagas = all(stack, "orchestrator", "sagas").await;
+        sagas = stored_sagas(stack).await;
     }
     let mut seen = BTreeSet::new();
     for saga in &sagas {

@@ -14,7 +14,10 @@ use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The live sagas.
     sagas: BTreeMap<Uuid, SagaRecord>,
+    /// The sagas finished for good and settled (a copy stays while one is written again, as in MongoDB).
+    finished: BTreeMap<Uuid, SagaRecord>,
     log: BTreeMap<(Uuid, u64), LogEntry>,
     pii: BTreeMap<Uuid, OrderPii>,
     keys: BTreeMap<String, (Uuid, String)>,
@@ -36,9 +39,26 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Every saga, by id.
+    /// Every saga, by id (a live one before its finished copy).
     pub fn all(&self) -> Vec<SagaRecord> {
-        self.lock().sagas.values().cloned().collect()
+        let inner = self.lock();
+        let mut all = inner.sagas.clone();
+        for (id, saga) in &inner.finished {
+            all.entry(*id).or_insert_with(|| saga.clone());
+        }
+        all.into_values().collect()
+    }
+
+    /// How many sagas are live and how many finished (the finished copies of live ones included).
+    pub fn sizes(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.sagas.len(), inner.finished.len())
+    }
+}
+
+impl Inner {
+    fn get(&self, saga_id: Uuid) -> Option<&SagaRecord> {
+        self.sagas.get(&saga_id).or_else(|| self.finished.get(&saga_id))
     }
 }
 
@@ -58,7 +78,7 @@ impl SagaStore for MemoryStore {
 
     async fn insert(&self, saga: &SagaRecord) -> Result<(), Error> {
         let mut inner = self.lock();
-        if inner.sagas.contains_key(&saga.id) {
+        if inner.get(saga.id).is_some() {
             return Err(Error::Duplicate { what: "saga", id: saga.id.to_string() });
         }
         inner.sagas.insert(saga.id, saga.clone());
@@ -66,14 +86,19 @@ impl SagaStore for MemoryStore {
     }
 
     async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error> {
-        Ok(self.lock().sagas.get(&saga_id).cloned())
+        Ok(self.lock().get(saga_id).cloned())
     }
 
     async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
         let mut inner = self.lock();
+        let finished_at_version = inner.finished.get(&saga.id).is_some_and(|f| f.version == expected_version);
         match inner.sagas.get_mut(&saga.id) {
             Some(stored) if stored.version == expected_version => {
                 *stored = saga.clone();
+                Ok(())
+            }
+            None if finished_at_version => {
+                inner.sagas.insert(saga.id, saga.clone());
                 Ok(())
             }
             _ => Err(Error::VersionConflict { saga_id: saga.id, expected: expected_version }),
@@ -86,9 +111,15 @@ impl SagaStore for MemoryStore {
             Some(stored) if stored.version == version => {
                 stored.outbox.clear();
                 stored.pending_log.clear();
+                if stored.state.phase.is_final()
+                    && let Some(saga) = inner.sagas.remove(&saga_id)
+                {
+                    inner.finished.insert(saga_id, saga);
+                }
                 Ok(true)
             }
-            _ => Ok(false),
+            Some(_) => Ok(false),
+            None => Ok(inner.finished.get(&saga_id).is_some_and(|f| f.version == version)),
         }
     }
 
@@ -104,7 +135,7 @@ impl SagaStore for MemoryStore {
         let inner = self.lock();
         let mut entries: Vec<LogEntry> =
             inner.log.range((saga_id, 0)..=(saga_id, u64::MAX)).map(|(_, e)| e.clone()).collect();
-        if let Some(saga) = inner.sagas.get(&saga_id) {
+        if let Some(saga) = inner.get(saga_id) {
             let pending = saga.pending_log.iter().filter(|p| !entries.iter().any(|e| e.seq == p.seq)).cloned();
             entries.extend(pending.collect::<Vec<_>>());
         }
@@ -119,7 +150,7 @@ impl SagaStore for MemoryStore {
     }
 
     async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error> {
-        Ok(self.lock().sagas.values().filter(|s| filter.admits(s)).take(limit).cloned().collect())
+        Ok(self.all().into_iter().filter(|s| filter.admits(s)).take(limit).collect())
     }
 
     async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error> {
@@ -162,17 +193,20 @@ impl SagaStore for MemoryStore {
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
-        let inner = self.lock();
         let finished = |s: &&SagaRecord| {
-            matches!(s.state.phase, Phase::Completed | Phase::Compensated | Phase::Resolved)
-                && s.updated_at < before
-                && after.is_none_or(|a| s.updated_at > a)
+            s.state.phase.is_final() && s.updated_at < before && after.is_none_or(|a| s.updated_at > a)
         };
-        let mut found: Vec<(Uuid, DateTime<Utc>)> =
-            inner.sagas.values().filter(finished).map(|s| (s.id, s.updated_at)).collect();
+        let all = self.all();
+        let mut found: Vec<(Uuid, DateTime<Utc>)> = all.iter().filter(finished).map(|s| (s.id, s.updated_at)).collect();
         found.sort_by_key(|(id, at)| (*at, *id));
         found.truncate(limit);
         Ok(found)
+    }
+
+    async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {
+        let inner = self.lock();
+        let unmoved = |s: &&SagaRecord| s.state.phase.is_final() && !s.has_pending() && s.updated_at < before;
+        Ok(inner.sagas.values().filter(unmoved).take(limit).map(|s| (s.id, s.version)).collect())
     }
 
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {
@@ -192,5 +226,13 @@ impl SagaStore for MemoryStore {
         }
         let pending = inner.sagas.values().filter(|s| s.has_pending() && s.updated_at < unsettled_before).count();
         Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
+    }
+
+    async fn finished_census(&self) -> Result<StateSummary, Error> {
+        let mut states = StateSummary::default();
+        for saga in self.lock().finished.values() {
+            states.add(saga.state.phase.name(), saga.state_since);
+        }
+        Ok(states)
     }
 }

@@ -2,6 +2,12 @@
 //! [`mongo::MongoStore`] is the real one (MongoDB or FerretDB); [`memory::MemoryStore`] serves unit tests
 //! and the simulator.
 //!
+//! A saga that finished for good ([`saga_defs::Phase::is_final`]) leaves the live sagas once it is settled
+//! and is kept with the finished ones: the scans of live sagas (recovery of a partition, the start sweep,
+//! the census) then cost what is in flight, not everything ever stored. Reads by id ([`SagaStore::get`],
+//! [`SagaStore::replace`], the timeline) find a saga wherever it is; a write to a finished saga (a late
+//! duplicate's note on its timeline) brings it back among the live ones until it is settled again.
+//!
 //! Every write to a saga document comes from the instance that owns the saga's partition, one at a time, and
 //! is conditional on the version it read: the condition fences an instance that lost the partition, and the
 //! single writer keeps FerretDB (whose conditional updates are not atomic) correct.
@@ -129,11 +135,13 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// The saga with this id.
     async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error>;
 
-    /// Replaces the saga if it is still at `expected_version`; [`Error::VersionConflict`] otherwise.
+    /// Replaces the saga if it is still at `expected_version`; [`Error::VersionConflict`] otherwise. A
+    /// finished saga is written back among the live ones (its finished copy stays until it is settled).
     async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error>;
 
     /// Empties the outbox and pending timeline of the saga if it is still at `version` (no version bump:
-    /// nothing about the saga changes). Returns whether it was at that version.
+    /// nothing about the saga changes); a saga finished for good then moves to the finished sagas. Returns
+    /// whether it was at that version (a finished saga at that version is settled).
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error>;
 
     /// Appends timeline entries; entries already there (same saga and seq) are skipped.
@@ -148,8 +156,9 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// Sagas passing `filter`, by id, at most `limit` (an operator's query; it may scan).
     async fn list(&self, filter: &SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, Error>;
 
-    /// What an instance taking over `partitions` must know, in one scan: their sagas with a deadline (for
-    /// the timer) or with an unsettled outbox or timeline (to publish and settle), at most `limit`.
+    /// What an instance taking over `partitions` must know, in one scan of the live sagas: their sagas with a
+    /// deadline (for the timer) or with an unsettled outbox or timeline (to publish and settle), at most
+    /// `limit`.
     async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error>;
 
     /// Sagas in `partitions` still in state STARTED and created before `before`, at most `limit`.
@@ -179,14 +188,21 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error>;
 
+    /// Live sagas finished for good, settled, and unchanged since before `before` (left among the live ones
+    /// by a version that did not move them), with their versions, at most `limit`.
+    async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error>;
+
     /// Claims `key` for `order_id` (a new order of request `request_hash`), or says who has it.
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error>;
 
-    /// Every saga's state and the outbox backlog (sagas with pending work last written before
-    /// `unsettled_before`), for the metrics: one background query that scans every saga, reading only its
-    /// state, when it entered it, when it was last written and whether it has pending work, and folds them
-    /// into counts as they arrive (memory stays flat however many sagas are stored).
+    /// Every live saga's state and the outbox backlog (sagas with pending work last written before
+    /// `unsettled_before`), for the metrics: one background query that scans the live sagas, reading only
+    /// their state, when they entered it, when they were last written and whether they have pending work,
+    /// and folds them into counts as they arrive (memory stays flat however many sagas are stored).
     async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error>;
+
+    /// The finished sagas per state, the same way (a scan of every finished saga: run it seldom).
+    async fn finished_census(&self) -> Result<StateSummary, Error>;
 }
 
 /// What the saga gauges are computed from: see [`SagaStore::census`].
@@ -232,6 +248,17 @@ impl StateSummary {
         self.oldest.get(state).copied()
     }
 
+    /// Adds the sagas counted in `other`.
+    pub fn merge(&mut self, other: &StateSummary) {
+        for (state, count) in &other.counts {
+            *self.counts.entry(state.clone()).or_insert(0) += count;
+        }
+        for (state, since) in &other.oldest {
+            let oldest = self.oldest.entry(state.clone()).or_insert(*since);
+            *oldest = (*since).min(*oldest);
+        }
+    }
+
     /// Seconds the saga longest in `state` has been in it at `now`; 0 when no saga is in it.
     pub fn oldest_age_seconds(&self, state: &str, now: DateTime<Utc>) -> f64 {
         let since = self.oldest_since(state).unwrap_or(now);
@@ -244,6 +271,24 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn summaries_merge_counts_and_keep_the_oldest_time() {
+        let at = |s: i64| DateTime::from_timestamp(1_767_225_600 + s, 0).expect("a valid instant");
+        let mut live = StateSummary::default();
+        live.add("COMPLETED", at(20));
+        live.add("RUNNING", at(5));
+        let mut finished = StateSummary::default();
+        finished.add("COMPLETED", at(10));
+        finished.add("COMPLETED", at(30));
+        finished.add("RESOLVED", at(1));
+        live.merge(&finished);
+        assert_eq!([live.count("COMPLETED"), live.count("RUNNING"), live.count("RESOLVED")], [3, 1, 1]);
+        assert_eq!(live.oldest_since("COMPLETED"), Some(at(10)));
+        assert_eq!(live.oldest_since("RESOLVED"), Some(at(1)));
+        live.merge(&StateSummary::default());
+        assert_eq!(live.count("COMPLETED"), 3, "merging nothing changes nothing");
+    }
 
     #[test]
     fn a_slow_scan_runs_less_often_and_takes_at_most_a_twentieth_of_the_time() {

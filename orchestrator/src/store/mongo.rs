@@ -1,5 +1,6 @@
-//! The saga store on MongoDB (or FerretDB). Collections: `sagas` (one document per saga, with its outbox
-//! and unflushed timeline entries), `saga_log` (the append-only timeline, unique by saga id and seq),
+//! The saga store on MongoDB (or FerretDB). Collections: `sagas` (one document per live saga, with its
+//! outbox and unflushed timeline entries), `sagas_finished` (the same documents once a saga finished for
+//! good and was settled: see [`super`]), `saga_log` (the append-only timeline, unique by saga id and seq),
 //! `orders_pii` (personal data, apart so it can be purged) and `idempotency_keys`.
 //!
 //! Ids are stored as strings and times that are queried as BSON dates, through explicit document types,
@@ -11,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::IndexOptions;
+use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use platform::mongo::{Flavor, drop_indexes, ensure_indexes};
 use saga_defs::{Deadline, Phase, Resolution, SagaState};
@@ -32,6 +33,7 @@ use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     sagas: Collection<SagaDoc>,
+    finished: Collection<SagaDoc>,
     log: Collection<LogDoc>,
     pii: Collection<PiiDoc>,
     keys: Collection<KeyDoc>,
@@ -43,6 +45,7 @@ impl MongoStore {
     pub fn new(db: &Database, flavor: Flavor) -> Self {
         Self {
             sagas: db.collection("sagas"),
+            finished: db.collection("sagas_finished"),
             log: db.collection("saga_log"),
             pii: db.collection("orders_pii"),
             keys: db.collection("idempotency_keys"),
@@ -62,14 +65,14 @@ impl MongoStore {
         Ok(found.map(|d| d.entry))
     }
 
-    /// The filter that makes a write conditional on `version`; on FerretDB the version is checked first.
-    async fn version_filter(&self, saga_id: Uuid, version: u64) -> Result<Option<Document>, Error> {
-        let version = i64::try_from(version).unwrap_or(i64::MAX);
+    /// Where the live saga stands against `version`, and the filter that makes a write to it conditional on
+    /// that version; on FerretDB the version is read first.
+    async fn live_version(&self, saga_id: Uuid, version: u64) -> Result<Live, Error> {
         let by_id = doc! { "_id": saga_id.to_string() };
         if self.flavor == Flavor::MongoDb {
             let mut filter = by_id;
-            filter.insert("version", version);
-            return Ok(Some(filter));
+            filter.insert("version", stored_version(version));
+            return Ok(Live::Unread(filter));
         }
         let stored = self
             .sagas
@@ -78,7 +81,99 @@ impl MongoStore {
             .projection(doc! { "version": 1 })
             .await
             .map_err(db("read saga version"))?;
-        Ok(stored.filter(|d| d.get_i64("version").ok() == Some(version)).map(|_| by_id))
+        Ok(match stored {
+            None => Live::Missing,
+            Some(d) if d.get_i64("version").ok() == Some(stored_version(version)) => Live::At(by_id),
+            Some(_) => Live::Elsewhere,
+        })
+    }
+
+    /// The finished saga, if it is at `version`.
+    async fn finished_at(&self, saga_id: Uuid, version: u64) -> Result<Option<SagaDoc>, Error> {
+        let found = self.finished.find_one(doc! { "_id": saga_id.to_string() }).await.map_err(db("read saga"))?;
+        Ok(found.filter(|d| d.version == stored_version(version)))
+    }
+
+    /// Moves a settled saga that finished for good from `sagas` to `sagas_finished`: first written there
+    /// (replacing an older copy, as after the saga came back for a late note), then deleted from `sagas` if
+    /// it is still at its version. Stopped in between, the saga is in both; reads take the live copy, and
+    /// the next settlement moves it again.
+    async fn move_to_finished(&self, saga: &SagaDoc) -> Result<(), Error> {
+        let by_id = doc! { "_id": saga.id.as_str() };
+        self.finished.replace_one(by_id.clone(), saga).upsert(true).await.map_err(db("store finished saga"))?;
+        let mut filter = by_id;
+        if self.flavor == Flavor::MongoDb {
+            filter.insert("version", saga.version);
+        }
+        self.sagas.delete_one(filter).await.map_err(db("remove finished saga from the live ones"))?;
+        Ok(())
+    }
+
+    /// Sagas matching `filter` in `sagas`, then in `sagas_finished`, sorted by `sort`'s single key and cut at
+    /// `limit`; a saga in both (stopped while moving) counts once, live. Live ones are read first: a saga that
+    /// moves meanwhile is then seen twice rather than missed.
+    async fn find_both(
+        &self,
+        filter: Document,
+        sort: Document,
+        projection: Option<Document>,
+        limit: usize,
+        operation: &'static str,
+    ) -> Result<Vec<Document>, Error> {
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut found = Vec::new();
+        for collection in [&self.sagas, &self.finished] {
+            let mut options = mongodb::options::FindOptions::default();
+            options.sort = Some(sort.clone());
+            options.projection.clone_from(&projection);
+            options.limit = Some(limit_i64);
+            let cursor = collection
+                .clone_with_type::<Document>()
+                .find(filter.clone())
+                .with_options(options)
+                .await
+                .map_err(db(operation))?;
+            found.extend(collect(cursor, operation).await?);
+        }
+        let key = sort.keys().next().cloned().unwrap_or_else(|| "_id".to_owned());
+        let ascending = sort.get_i32(&key).unwrap_or(1) >= 0;
+        let mut seen = std::collections::HashSet::new();
+        let mut unique: Vec<Document> =
+            found.into_iter().filter(|d| seen.insert(d.get("_id").cloned().map(|id| id.to_string()))).collect();
+        unique.sort_by(|a, b| {
+            let order = compare_bson(a.get(&key), b.get(&key));
+            if ascending { order } else { order.reverse() }
+        });
+        unique.truncate(limit);
+        Ok(unique)
+    }
+}
+
+/// Where a live saga stands against the version a write expects.
+enum Live {
+    /// MongoDB: not read; the filter carries the version.
+    Unread(Document),
+    /// At the version; write by this filter.
+    At(Document),
+    /// At another version.
+    Elsewhere,
+    /// Not among the live sagas.
+    Missing,
+}
+
+fn stored_version(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+/// The order of two values of the same sort key (strings, dates or numbers; others keep their order).
+fn compare_bson(a: Option<&bson::Bson>, b: Option<&bson::Bson>) -> std::cmp::Ordering {
+    use bson::Bson;
+    match (a, b) {
+        (Some(Bson::String(a)), Some(Bson::String(b))) => a.cmp(b),
+        (Some(Bson::DateTime(a)), Some(Bson::DateTime(b))) => a.cmp(b),
+        (Some(Bson::Int64(a)), Some(Bson::Int64(b))) => a.cmp(b),
+        (Some(Bson::Int32(a)), Some(Bson::Int32(b))) => a.cmp(b),
+        _ => std::cmp::Ordering::Equal,
     }
 }
 
@@ -285,6 +380,8 @@ impl SagaStore for MongoStore {
             return Ok(());
         }
         ensure_indexes(&self.sagas, saga_indexes).await.map_err(db("create saga indexes"))?;
+        let finished_index = vec![index(doc! { "updated_at": 1 }, "updated", false)];
+        ensure_indexes(&self.finished, finished_index).await.map_err(db("create finished saga index"))?;
         ensure_indexes(&self.log, log_index).await.map_err(db("create saga_log index"))?;
         Ok(())
     }
@@ -306,7 +403,11 @@ impl SagaStore for MongoStore {
         db.collection.name = "sagas", db.operation.name = "find"
     ))]
     async fn get(&self, saga_id: Uuid) -> Result<Option<SagaRecord>, Error> {
-        let found = self.sagas.find_one(doc! { "_id": saga_id.to_string() }).await.map_err(db("read saga"))?;
+        let by_id = doc! { "_id": saga_id.to_string() };
+        let mut found = self.sagas.find_one(by_id.clone()).await.map_err(db("read saga"))?;
+        if found.is_none() {
+            found = self.finished.find_one(by_id).await.map_err(db("read finished saga"))?;
+        }
         found.map(SagaRecord::try_from).transpose()
     }
 
@@ -316,12 +417,28 @@ impl SagaStore for MongoStore {
     ))]
     async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
         let conflict = || Error::VersionConflict { saga_id: saga.id, expected: expected_version };
-        let filter = self.version_filter(saga.id, expected_version).await?.ok_or_else(conflict)?;
-        let result = self.sagas.replace_one(filter, SagaDoc::from(saga)).await.map_err(db("replace saga"))?;
-        if result.matched_count == 0 {
+        let doc = SagaDoc::from(saga);
+        let filter = match self.live_version(saga.id, expected_version).await? {
+            Live::Unread(filter) | Live::At(filter) => Some(filter),
+            Live::Elsewhere => return Err(conflict()),
+            Live::Missing => None,
+        };
+        if let Some(filter) = filter {
+            let result = self.sagas.replace_one(filter, &doc).await.map_err(db("replace saga"))?;
+            if result.matched_count == 1 {
+                return Ok(());
+            }
+        }
+        // Not live at that version: a finished saga at that version comes back among the live ones. Inserting
+        // fences a concurrent writer (one of the two inserts fails).
+        if self.finished_at(saga.id, expected_version).await?.is_none() {
             return Err(conflict());
         }
-        Ok(())
+        match self.sagas.insert_one(&doc).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(conflict()),
+            Err(e) => Err(db("write finished saga back")(e)),
+        }
     }
 
     #[tracing::instrument(name = "db.saga.clear_pending", skip_all, fields(
@@ -329,10 +446,40 @@ impl SagaStore for MongoStore {
         db.collection.name = "sagas", db.operation.name = "update"
     ))]
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
-        let Some(filter) = self.version_filter(saga_id, version).await? else { return Ok(false) };
+        let by_id = doc! { "_id": saga_id.to_string() };
         let update = doc! { "$set": { "outbox": [], "pending_log": [], "pending": false } };
-        let result = self.sagas.update_one(filter, update).await.map_err(db("clear saga outbox"))?;
-        Ok(result.matched_count == 1)
+        // The saga is read whole (FerretDB reads it to compare the version anyway): one finished for good
+        // moves to the finished sagas.
+        let stored = if self.flavor == Flavor::MongoDb {
+            let mut filter = by_id;
+            filter.insert("version", stored_version(version));
+            self.sagas
+                .find_one_and_update(filter, update)
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(db("clear saga outbox"))?
+        } else {
+            match self.sagas.find_one(by_id.clone()).await.map_err(db("read saga"))? {
+                Some(mut stored) if stored.version == stored_version(version) => {
+                    let result = self.sagas.update_one(by_id, update).await.map_err(db("clear saga outbox"))?;
+                    (result.matched_count == 1).then(|| {
+                        stored.outbox.clear();
+                        stored.pending_log.clear();
+                        stored.pending = false;
+                        stored
+                    })
+                }
+                _ => None,
+            }
+        };
+        let Some(cleared) = stored else {
+            // Settled and moved already, or at another version.
+            return Ok(self.finished_at(saga_id, version).await?.is_some());
+        };
+        if cleared.phase.is_final() {
+            self.move_to_finished(&cleared).await?;
+        }
+        Ok(true)
     }
 
     #[tracing::instrument(name = "db.saga_log.append", skip_all, fields(
@@ -421,14 +568,19 @@ impl SagaStore for MongoStore {
         if let Some(after) = filter.after {
             query.insert("_id", doc! { "$gt": after.to_string() });
         }
-        let cursor = self
-            .sagas
-            .find(query)
-            .sort(doc! { "_id": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(db("list sagas"))?;
-        collect(cursor, "list sagas").await?.into_iter().map(SagaRecord::try_from).collect()
+        let found = self.find_both(query, doc! { "_id": 1 }, None, limit, "list sagas").await?;
+        found
+            .into_iter()
+            .map(|d| {
+                let id = d.get_str("_id").unwrap_or_default().to_owned();
+                let saga: SagaDoc = bson::deserialize_from_document(d).map_err(|e| Error::Corrupt {
+                    what: "saga",
+                    id,
+                    reason: e.to_string(),
+                })?;
+                SagaRecord::try_from(saga)
+            })
+            .collect()
     }
 
     #[tracing::instrument(name = "db.saga.recoverable", skip_all, fields(
@@ -515,21 +667,37 @@ impl SagaStore for MongoStore {
             updated.insert("$gt", bson_date(after));
         }
         let filter = doc! { "state": { "$in": ["COMPLETED", "COMPENSATED", "RESOLVED"] }, "updated_at": updated };
-        let cursor = self
-            .sagas
-            .clone_with_type::<Document>()
-            .find(filter)
-            .projection(doc! { "_id": 1, "updated_at": 1 })
-            .sort(doc! { "updated_at": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(db("find finished sagas"))?;
-        let docs = collect(cursor, "find finished sagas").await?;
+        let projection = Some(doc! { "_id": 1, "updated_at": 1 });
+        let docs = self.find_both(filter, doc! { "updated_at": 1 }, projection, limit, "find finished sagas").await?;
         Ok(docs
             .iter()
             .filter_map(|d| {
                 let id = Uuid::parse_str(d.get_str("_id").ok()?).ok()?;
                 Some((id, d.get_datetime("updated_at").ok()?.to_chrono()))
+            })
+            .collect())
+    }
+
+    async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {
+        let filter = doc! {
+            "state": { "$in": ["COMPLETED", "COMPENSATED", "RESOLVED"] },
+            "pending": false,
+            "updated_at": { "$lt": bson_date(before) },
+        };
+        let cursor = self
+            .sagas
+            .clone_with_type::<Document>()
+            .find(filter)
+            .projection(doc! { "_id": 1, "version": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(db("find finished sagas among the live ones"))?;
+        let docs = collect(cursor, "find finished sagas among the live ones").await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| {
+                let id = Uuid::parse_str(d.get_str("_id").ok()?).ok()?;
+                Some((id, u64::try_from(d.get_i64("version").ok()?).ok()?))
             })
             .collect())
     }
@@ -563,7 +731,7 @@ impl SagaStore for MongoStore {
         }
     }
 
-    /// Scans `sagas` for two fields of each: no filter, since FerretDB answers only `{_id}` from an index.
+    /// Scans `sagas` for a few fields of each: no filter, since FerretDB answers only `{_id}` from an index.
     async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error> {
         let mut cursor = self
             .sagas
@@ -581,5 +749,23 @@ impl SagaStore for MongoStore {
             pending += u64::from(stale && doc.get_bool("pending").unwrap_or(false));
         }
         Ok(Census { states, backlog: pending })
+    }
+
+    /// Scans `sagas_finished` for the state and the time each saga entered it.
+    async fn finished_census(&self) -> Result<StateSummary, Error> {
+        let mut cursor = self
+            .finished
+            .clone_with_type::<Document>()
+            .find(doc! {})
+            .projection(doc! { "_id": 0, "state": 1, "state_since": 1 })
+            .await
+            .map_err(db("read finished saga states"))?;
+        let mut states = StateSummary::default();
+        while let Some(doc) = cursor.try_next().await.map_err(db("read finished saga states"))? {
+            if let (Ok(state), Ok(since)) = (doc.get_str("state"), doc.get_datetime("state_since")) {
+                states.add(state, since.to_chrono());
+            }
+        }
+        Ok(states)
     }
 }
