@@ -149,6 +149,8 @@ pub struct Target {
     pub state_dir: PathBuf,
     /// The repository (for its git commit).
     pub repo_dir: PathBuf,
+    /// The orchestrator's database (how many sagas it stores goes in the report).
+    pub orchestrator_database: String,
 }
 
 impl Target {
@@ -170,6 +172,7 @@ impl Target {
             tokens: TokenSettings::from_env(),
             state_dir,
             repo_dir,
+            orchestrator_database: crate::stored::DEFAULT_ORCHESTRATOR_DATABASE.to_owned(),
         })
     }
 }

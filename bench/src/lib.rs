@@ -35,6 +35,7 @@ pub mod report;
 pub mod run;
 pub mod sse;
 pub mod steps;
+pub mod stored;
 pub mod svg;
 
 pub use crate::config::{Plan, Target};

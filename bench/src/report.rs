@@ -131,6 +131,9 @@ pub struct Report {
     pub versions: Versions,
     /// The durability settings in force.
     pub durability: Durability,
+    /// How many sagas the orchestrator stored when the run began (absent if it could not be read).
+    #[serde(default)]
+    pub stored_sagas: Option<crate::stored::StoredSagas>,
     /// The processes measured.
     pub processes: Vec<ProcessInfo>,
     /// The floors.
@@ -239,6 +242,13 @@ impl Report {
             if broker.is_empty() { "defaults".to_owned() } else { broker.join(", ") },
             d.write_concern
         );
+        if let Some(stored) = &self.stored_sagas {
+            let _ = writeln!(
+                md,
+                "- Stored sagas at the start: {} live, {} finished (orchestrator database)",
+                stored.live, stored.finished
+            );
+        }
         let p = &self.plan;
         let _ = writeln!(
             md,
@@ -563,6 +573,7 @@ pub(crate) mod tests {
             machine: Machine::default(),
             versions: Versions::default(),
             durability: Durability::default(),
+            stored_sagas: Some(crate::stored::StoredSagas { live: 12, finished: 20_000 }),
             processes: Vec::new(),
             ratios: Ratios::compute(&points, &floors),
             floors,

@@ -85,7 +85,13 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
         counter: Arc::new(AtomicU64::new(0)),
         run_id: format!("bench-{}", uuid::Uuid::now_v7().simple()),
     };
-    let counters = match target.mongo.client("saga-bench").await {
+    let client = target.mongo.client("saga-bench").await;
+    let stored_sagas = match &client {
+        Ok(client) => crate::stored::stored(client, &target.orchestrator_database).await,
+        Err(e) => Err(Error::Config(format!("database client: {e}"))),
+    };
+    let stored_sagas = stored_sagas.map_err(|e| progress(&format!("stored sagas are not counted: {e}"))).ok();
+    let counters = match client {
         Ok(client) => dbops::Counters::detect(&client).await,
         Err(e) => Err(Error::Config(format!("database client: {e}"))),
     };
@@ -125,6 +131,7 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
         machine,
         versions,
         durability,
+        stored_sagas,
         processes,
         floors,
         points,

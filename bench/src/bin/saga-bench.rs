@@ -93,6 +93,15 @@ struct Args {
     /// Where to write the report [default: bench/results].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+
+    /// The orchestrator's database.
+    #[arg(long, value_name = "NAME", default_value = bench::stored::DEFAULT_ORCHESTRATOR_DATABASE)]
+    orchestrator_database: String,
+
+    /// Instead of a run: copy a finished saga until the orchestrator stores N finished sagas (to measure
+    /// with many stored sagas; restart the orchestrator afterwards to measure its start too).
+    #[arg(long, value_name = "N")]
+    fill_finished: Option<u64>,
 }
 
 impl Args {
@@ -159,6 +168,14 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(url) = &args.inventory {
         target.endpoints.inventory = url.trim_end_matches('/').to_owned();
     }
+    target.orchestrator_database.clone_from(&args.orchestrator_database);
+    let progress = |text: &str| eprintln!("saga-bench: {text}");
+    if let Some(n) = args.fill_finished {
+        let client = target.mongo.client("saga-bench").await?;
+        let added = bench::stored::fill_finished(&client, &target.orchestrator_database, n, &progress).await?;
+        eprintln!("saga-bench: added {added} finished sagas");
+        return Ok(());
+    }
     let config = Config { plan: args.plan(), target, kind: args.kind().to_owned() };
     eprintln!(
         "saga-bench: {} run against {} (inventory {}), Kafka {}",
@@ -167,7 +184,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         config.target.endpoints.inventory,
         config.target.kafka.bootstrap_servers
     );
-    let progress = |text: &str| eprintln!("saga-bench: {text}");
     let report = Box::pin(bench::run(&config, &progress)).await?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     let written = report.write(&out)?;
