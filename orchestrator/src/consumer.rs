@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::cache::SagaCache;
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
-use crate::settle::{SETTLE_BATCH, Settlement, Unsettled};
+use crate::settle::{SETTLE_BATCH, SETTLE_SLACK, Settlement, Unsettled};
 use crate::timers::Deadlines;
 
 /// The partitions of `saga.reply` this instance owns right now.
@@ -184,8 +184,13 @@ impl ReplyConsumer {
                     continue;
                 }
                 () = sleep_or_never(settle_in) => {
-                    for settlement in worker.engine.unsettled().take_due(chrono::Utc::now(), SETTLE_BATCH) {
-                        lanes.send(settlement.partition, Job::Settle(settlement)).await;
+                    let until = chrono::Utc::now() + chrono::TimeDelta::from_std(SETTLE_SLACK).unwrap_or_default();
+                    let mut by_partition: HashMap<i32, Vec<Settlement>> = HashMap::new();
+                    for settlement in worker.engine.unsettled().take_due(until, SETTLE_BATCH) {
+                        by_partition.entry(settlement.partition).or_default().push(settlement);
+                    }
+                    for (partition, settlements) in by_partition {
+                        lanes.send(partition, Job::Settle(settlements)).await;
                     }
                     continue;
                 }
@@ -217,8 +222,8 @@ const LANE_CAPACITY: usize = 256;
 enum Job {
     /// Apply a message and store its offset.
     Apply(OwnedMessage),
-    /// Settle a saga of the lane's partition.
-    Settle(Settlement),
+    /// Settle sagas of the lane's partition.
+    Settle(Vec<Settlement>),
 }
 
 /// One task per owned partition applying its messages in order; see the [module](self).
@@ -306,7 +311,7 @@ impl Lanes {
                             tracing::warn!(%error, partition, "cannot store offset (partition revoked?)");
                         }
                     }
-                    Job::Settle(settlement) => worker.engine.settle(settlement).await,
+                    Job::Settle(settlements) => worker.engine.settle_batch(settlements).await,
                 }
             }
         });

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use proto_events::commands::{
     CancelShipment, ChargePayment, CreateShipment, RefundPayment, ReleaseStock, ReserveStock,
 };
@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::definitions::Definitions;
 use crate::metrics::{AttemptOutcome, FenceLabel, Metrics, StepLabel, TopicLabel, step_label};
 use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
-use crate::settle::{DEFAULT_SETTLE_AFTER, SETTLE_BATCH, Settlement, Unsettled};
+use crate::settle::{DEFAULT_SETTLE_AFTER, SETTLE_BATCH, SETTLE_SLACK, Settlement, Unsettled};
 use crate::store::{self, SagaStore};
 use crate::timers::Deadlines;
 
@@ -264,8 +264,12 @@ impl Engine {
     }
 
     /// Appends the settlement's entries to the log and empties the saga's outbox and pending timeline if it is
-    /// still at the settlement's version; returns whether it was.
+    /// still at the settlement's version (moving it to the finished sagas if it finished for good); returns
+    /// whether it was.
     async fn settle_at_version(&self, settlement: &Settlement) -> Result<bool, Error> {
+        if settlement.finished.is_some() {
+            return Ok(self.move_finished(std::slice::from_ref(settlement)).await?.is_empty());
+        }
         self.store.append_log(&settlement.log).await?;
         let cleared = self.store.clear_pending(settlement.saga_id, settlement.version).await?;
         if cleared {
@@ -274,15 +278,59 @@ impl Engine {
         Ok(cleared)
     }
 
+    /// Settles finished sagas together: appends their timeline entries in one request and moves them to the
+    /// finished sagas in a few (see [`SagaStore::move_finished`]). Returns the settlements of the sagas that
+    /// were not at their settlement's version any more.
+    async fn move_finished(&self, settlements: &[Settlement]) -> Result<Vec<Settlement>, Error> {
+        let log: Vec<LogEntry> = settlements.iter().flat_map(|s| s.log.iter().cloned()).collect();
+        self.store.append_log(&log).await?;
+        let sagas: Vec<SagaRecord> = settlements.iter().filter_map(|s| s.finished.as_deref().cloned()).collect();
+        let moved = self.store.move_finished(&sagas).await?;
+        let mut left = Vec::new();
+        for settlement in settlements {
+            if moved.contains(&settlement.saga_id) {
+                self.cache.settled(settlement.saga_id, settlement.version);
+            } else {
+                left.push(settlement.clone());
+            }
+        }
+        Ok(left)
+    }
+
     /// Settles the sagas whose settlement is due at `now` (every one with `DateTime::MAX_UTC`, as before
-    /// shutting down), at most a batch. Returns how many were taken.
+    /// shutting down), and those due within [`SETTLE_SLACK`] of it, at most a batch. Returns how many were
+    /// taken.
     pub async fn settle_due(&self, now: DateTime<Utc>) -> usize {
-        let due = self.unsettled.take_due(now, SETTLE_BATCH);
+        let slack = TimeDelta::from_std(SETTLE_SLACK).unwrap_or_default();
+        let due = self.unsettled.take_due(now.checked_add_signed(slack).unwrap_or(now), SETTLE_BATCH);
         let taken = due.len();
-        for settlement in due {
+        self.settle_batch(due).await;
+        taken
+    }
+
+    /// Settles a batch of sagas (the consumer hands each lane those of its partition): the finished ones
+    /// together, the others one by one. A settlement that fails is tried again later.
+    pub async fn settle_batch(&self, settlements: Vec<Settlement>) {
+        let (finished, others): (Vec<Settlement>, Vec<Settlement>) =
+            settlements.into_iter().partition(|s| s.finished.is_some());
+        if !finished.is_empty() {
+            match self.move_finished(&finished).await {
+                Ok(left) => {
+                    for settlement in left {
+                        self.settle(settlement).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, sagas = finished.len(), "cannot settle finished sagas; trying again later");
+                    for settlement in finished {
+                        self.retry_later(settlement);
+                    }
+                }
+            }
+        }
+        for settlement in others {
             self.settle(settlement).await;
         }
-        taken
     }
 
     /// Settles one saga now (the caller took the settlement from [`Engine::unsettled`]); a settlement that
@@ -290,11 +338,16 @@ impl Engine {
     pub async fn settle(&self, settlement: Settlement) {
         if let Err(error) = self.settle_now(&settlement).await {
             tracing::warn!(saga_id = %settlement.saga_id, %error, "cannot settle a saga; trying again later");
-            let later = self.clock.now()
-                + chrono::TimeDelta::from_std(self.settle_after.max(std::time::Duration::from_secs(1)))
-                    .unwrap_or(chrono::TimeDelta::MAX);
-            self.unsettled.retry(settlement, later);
+            self.retry_later(settlement);
         }
+    }
+
+    /// Puts back a settlement that failed, due after the deferral (at least a second).
+    fn retry_later(&self, settlement: Settlement) {
+        let later = self.clock.now()
+            + chrono::TimeDelta::from_std(self.settle_after.max(std::time::Duration::from_secs(1)))
+                .unwrap_or(chrono::TimeDelta::MAX);
+        self.unsettled.retry(settlement, later);
     }
 
     /// Publishes the saga's outbox, appends its pending timeline entries, then empties both if the saga is

@@ -2,9 +2,11 @@
 //! document still holds the published outbox and the new timeline entries. Settling appends those entries
 //! to `saga_log` and empties the document's outbox and pending timeline. It is deferred by a few seconds
 //! (`SAGA_SETTLE_AFTER_MS`), so that a saga whose replies come quickly settles once for several transitions:
-//! the next transition's write carries the entries along and drops the published outbox. Settling costs
-//! three database requests on FerretDB (the timeline insert, a version read and the update); a saga of
-//! four quick transitions saves nine of them.
+//! the next transition's write carries the entries along and drops the published outbox. Settling a saga in
+//! flight costs three database requests on FerretDB (the timeline insert, a version read and the update); a
+//! saga of four quick transitions saves nine of them. Sagas that finished for good move to the finished
+//! sagas when settled, those settled together in one batch (see [`crate::store::SagaStore::move_finished`]);
+//! settlements due within [`SETTLE_SLACK`] of each other are taken together for that.
 //!
 //! What deferral changes: an instance that crashes, or loses a partition, before it settled leaves those
 //! sagas "pending", and the next owner's recovery publishes their outbox again. Every message keeps its
@@ -32,6 +34,10 @@ pub const MAX_UNSETTLED_ENTRIES: usize = 16;
 /// Most settlements taken from the queue at once (between two messages).
 pub const SETTLE_BATCH: usize = 256;
 
+/// Settlements due this much later are taken along with a due one, so that sagas settle in batches (the
+/// finished ones move to the finished sagas together: see [`crate::store::SagaStore::move_finished`]).
+pub const SETTLE_SLACK: Duration = Duration::from_secs(1);
+
 /// Settlements held at most; beyond this a transition settles right away.
 pub const MAX_UNSETTLED_SAGAS: usize = 20_000;
 
@@ -54,6 +60,9 @@ pub struct Settlement {
     pub log: Vec<LogEntry>,
     /// When it is due.
     pub due: DateTime<Utc>,
+    /// The saga as written at `version`, if it finished for good then: settling moves it to the finished
+    /// sagas (see [`crate::store::SagaStore::move_finished`]), which needs the whole document.
+    pub finished: Option<Box<SagaRecord>>,
 }
 
 impl Settlement {
@@ -65,6 +74,7 @@ impl Settlement {
             version: saga.version,
             log: saga.pending_log.clone(),
             due: now,
+            finished: saga.state.phase.is_final().then(|| Box::new(saga.clone())),
         }
     }
 }

@@ -945,3 +945,46 @@ fn assert_clean(what: &str, json: &str, allowed: &[&str]) {
         }
     }
 }
+
+#[tokio::test]
+async fn finished_sagas_settle_together_and_leave_the_live_ones_and_a_late_duplicate_brings_one_back_briefly() {
+    let h = Harness::deferred();
+    let mut done = Vec::new();
+    let mut last_ship = None;
+    for _ in 0..3 {
+        let (id, _, reserve) = started(&h).await;
+        let charge = succeed(&h, &reserve).await.command().clone();
+        let ship = succeed(&h, &charge).await.command().clone();
+        succeed(&h, &ship).await;
+        done.push(id);
+        last_ship = Some(ship);
+    }
+    let (running, _, _) = started(&h).await;
+    assert_eq!(h.store.sizes(), (4, 0), "all live until settled");
+
+    // Within the slack of each other: one batch, the running saga settled on its own.
+    h.clock.advance(TimeDelta::seconds(5));
+    assert_eq!(h.engine.settle_due(h.now()).await, 4);
+    assert_eq!(h.store.sizes(), (1, 3), "the three finished sagas moved");
+    assert!(h.engine.unsettled().is_empty());
+    for id in &done {
+        let saga = h.record(*id).await;
+        assert_eq!((saga.state.phase, saga.has_pending()), (Phase::Completed, false), "{saga:?}");
+        assert_eq!(h.store.timeline(*id).await.expect("timeline").len(), 5, "the whole timeline is in the log");
+    }
+    assert!(!h.record(running).await.has_pending());
+
+    // A duplicate of the last reply arrives late: noted on the timeline, the saga is live until settled.
+    let ship = last_ship.expect("a shipment command");
+    let late = h.apply(&h.reply(&ship, Reply::ok())).await;
+    assert!(matches!(&late, Outcome::Ignored(_)), "{late:?}");
+    assert_eq!(h.bus.take(), Vec::new(), "nothing to publish");
+    let noted = h.record(ship.meta.saga_id).await;
+    assert_eq!((noted.version, noted.has_pending()), (6, true));
+    assert_eq!(h.store.sizes(), (2, 3));
+    h.clock.advance(TimeDelta::seconds(5));
+    assert_eq!(h.engine.settle_due(h.now()).await, 1);
+    assert_eq!(h.store.sizes(), (1, 3), "moved again");
+    let timeline = h.store.timeline(ship.meta.saga_id).await.expect("timeline");
+    assert_eq!(timeline.last().map(|e| (e.seq, e.kind)), Some((6, EntryKind::Ignored)));
+}

@@ -629,3 +629,46 @@ async fn a_move_to_the_finished_sagas_stopped_half_way_is_completed_by_the_next_
     assert_eq!(get(&store, done.id).await, done);
     db.drop().await.expect("drop the test database");
 }
+
+#[tokio::test]
+async fn finished_sagas_move_in_batches_and_one_that_moved_on_stays_live() {
+    let (db, mongo) = store("move_finished").await;
+    let memory = orchestrator::store::memory::MemoryStore::new();
+    for store in [&mongo as &dyn SagaStore, &memory] {
+        let (a, b, moved_on) =
+            (saga(0, Phase::Completed, None), saga(1, Phase::Compensated, None), saga(2, Phase::Resolved, None));
+        for saga in [&a, &b, &moved_on] {
+            store.insert(saga).await.expect("insert");
+        }
+        // Another writer took `moved_on` to version 4 (a late note) before the batch.
+        let mut noted = moved_on.clone();
+        noted.version = 4;
+        store.replace(&noted, 3).await.expect("the later write");
+
+        let moved = store.move_finished(&[a.clone(), b.clone(), moved_on.clone()]).await.expect("move");
+        assert_eq!(moved.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([a.id, b.id]), "{store:?}");
+        let cleared = |s: &SagaRecord| {
+            let mut s = s.clone();
+            s.outbox.clear();
+            s.pending_log.clear();
+            s
+        };
+        assert_eq!(store.get(a.id).await.expect("get"), Some(cleared(&a)), "{store:?}");
+        assert_eq!(store.get(moved_on.id).await.expect("get"), Some(noted.clone()), "{store:?}: the live copy");
+        assert_eq!(ids(&store.recoverable(&[0, 1, 2], 10).await.expect("recoverable")), BTreeSet::from([moved_on.id]));
+        let finished = store.finished_census().await.expect("finished census");
+        assert_eq!((finished.count("COMPLETED"), finished.count("COMPENSATED")), (1, 1), "{store:?}");
+
+        // A retried batch (it failed after the copies were written) changes nothing and says the same.
+        let again = store.move_finished(&[a.clone(), b.clone()]).await.expect("move again");
+        assert_eq!(again.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([a.id, b.id]), "{store:?}");
+        // The note, settled, moves the saga at version 4; an old batch of it at 3 never replaces that.
+        let moved = store.move_finished(std::slice::from_ref(&noted)).await.expect("move the noted saga");
+        assert_eq!(moved, [moved_on.id]);
+        assert_eq!(store.move_finished(std::slice::from_ref(&moved_on)).await.expect("stale batch"), [moved_on.id]);
+        assert_eq!(store.get(moved_on.id).await.expect("get"), Some(cleared(&noted)), "{store:?}: version 4 kept");
+        assert!(store.move_finished(&[]).await.expect("nothing").is_empty());
+    }
+    assert_eq!(memory.sizes(), (0, 3));
+    db.drop().await.expect("drop the test database");
+}

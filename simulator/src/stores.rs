@@ -107,6 +107,11 @@ impl SagaStore for FaultyStore {
         }
     }
 
+    async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<Uuid>, Error> {
+        let fault = self.write("store.move_finished")?;
+        after("store.move_finished", self.inner.move_finished(sagas).await, fault)
+    }
+
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
         let fault = self.write("store.clear_pending")?;
         after("store.clear_pending", self.inner.clear_pending(saga_id, version).await, fault)

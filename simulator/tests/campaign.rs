@@ -70,6 +70,8 @@ fn covered(report: &CampaignReport) {
         "fault.store.replace.ConflictAfter",
         "fault.store.append_log.FailAfter",
         "fault.store.clear_pending.FailAfter",
+        "fault.store.move_finished.FailBefore",
+        "fault.store.move_finished.FailAfter",
         "fault.store.insert.FailAfter",
         "fault.bus.publish.FailBefore",
         "fault.bus.publish.FailAfter",

@@ -3,6 +3,7 @@
 //! at the same time, and a benchmark's figures are for reading, not for passing.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bench::api::Endpoints;
 use bench::auth::TokenSettings;
@@ -41,6 +42,7 @@ async fn the_smoke_run_writes_a_well_formed_report() {
         processes: processes(&stack, &state_dir),
         state_dir,
         repo_dir: repo_dir(),
+        orchestrator_database: stack.database("orchestrator").name().to_owned(),
     };
     let config = Config { plan: Plan::smoke(), target, kind: "smoke".into() };
     let report = bench::run(&config, &|_: &str| {}).await.expect("the smoke run");
@@ -69,6 +71,8 @@ async fn the_smoke_run_writes_a_well_formed_report() {
     assert!(!json["floors"]["kafka"].is_null(), "the Kafka floor: {:#}", json["floors"]);
     assert!(!json["floors"]["database"].is_null(), "the database floor: {:#}", json["floors"]);
 
+    assert_eq!(json["stored_sagas"], serde_json::json!({ "live": 0, "finished": 0 }), "a new stack stores none");
+
     let markdown = read(&written.markdown);
     assert!(markdown.contains(POINTS_TABLE_HEADER), "{markdown}");
     assert!(markdown.contains("| closed | C=1 |"), "{markdown}");
@@ -79,6 +83,22 @@ async fn the_smoke_run_writes_a_well_formed_report() {
     for latest in ["latest.json", "latest.md", "latest.svg"] {
         assert!(dir.join(latest).exists(), "{latest} is written too");
     }
+
+    // The run's sagas, settled, are with the finished ones; the fill copies one of them.
+    let client = mongo.client("bench-smoke-fill").await.expect("a database client");
+    let orchestrator_db = stack.database("orchestrator").name().to_owned();
+    let finished = tests::eventually("the run's sagas to settle", Duration::from_secs(60), || async {
+        let stored = bench::stored::stored(&client, &orchestrator_db).await.ok()?;
+        (stored.finished > 0).then_some(stored.finished)
+    })
+    .await;
+    let added = bench::stored::fill_finished(&client, &orchestrator_db, finished + 1500, &|_: &str| {})
+        .await
+        .expect("fill the finished sagas");
+    assert_eq!(added, 1500);
+    let stored = bench::stored::stored(&client, &orchestrator_db).await.expect("count the stored sagas");
+    assert_eq!(stored.finished, finished + 1500, "{stored:?}");
+    assert_eq!(bench::stored::fill_finished(&client, &orchestrator_db, 10, &|_: &str| {}).await.ok(), Some(0));
 
     let _ = std::fs::remove_dir_all(&dir);
     if let Ok(client) = mongo.client("bench-smoke-cleanup").await {

@@ -123,6 +123,26 @@ impl SagaStore for MemoryStore {
         }
     }
 
+    async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<Uuid>, Error> {
+        let mut inner = self.lock();
+        let mut moved = Vec::new();
+        for saga in sagas {
+            let mut cleared = saga.clone();
+            cleared.outbox.clear();
+            cleared.pending_log.clear();
+            if inner.finished.get(&saga.id).is_none_or(|f| f.version <= saga.version) {
+                inner.finished.insert(saga.id, cleared);
+            }
+            if inner.sagas.get(&saga.id).is_some_and(|live| live.version == saga.version) {
+                inner.sagas.remove(&saga.id);
+            }
+            if !inner.sagas.contains_key(&saga.id) {
+                moved.push(saga.id);
+            }
+        }
+        Ok(moved)
+    }
+
     async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error> {
         let mut inner = self.lock();
         for entry in entries {

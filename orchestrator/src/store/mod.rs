@@ -144,6 +144,13 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// whether it was at that version (a finished saga at that version is settled).
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error>;
 
+    /// Settles sagas that finished for good, each as written at its version with its outbox published and its
+    /// timeline appended: each is written to the finished sagas (without outbox and pending timeline; an
+    /// older finished copy is replaced, a newer one kept), then leaves the live sagas if still at that
+    /// version. Returns the ids of those no longer live; the others moved on meanwhile (settle them one by
+    /// one). A few requests for the whole batch, where [`SagaStore::clear_pending`] takes several per saga.
+    async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<Uuid>, Error>;
+
     /// Appends timeline entries; entries already there (same saga and seq) are skipped.
     async fn append_log(&self, entries: &[LogEntry]) -> Result<(), Error>;
 

@@ -94,6 +94,18 @@ impl MongoStore {
         Ok(found.filter(|d| d.version == stored_version(version)))
     }
 
+    /// Whether the finished copy of saga `id` is at `version` or newer.
+    async fn finished_at_or_after(&self, id: &str, version: i64) -> Result<bool, Error> {
+        let found = self
+            .finished
+            .clone_with_type::<Document>()
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "version": 1 })
+            .await
+            .map_err(db("read finished saga version"))?;
+        Ok(found.and_then(|d| d.get_i64("version").ok()).is_some_and(|v| v >= version))
+    }
+
     /// Moves a settled saga that finished for good from `sagas` to `sagas_finished`: first written there
     /// (replacing an older copy, as after the saga came back for a late note), then deleted from `sagas` if
     /// it is still at its version. Stopped in between, the saga is in both; reads take the live copy, and
@@ -480,6 +492,91 @@ impl SagaStore for MongoStore {
             self.move_to_finished(&cleared).await?;
         }
         Ok(true)
+    }
+
+    /// The timeline and the finished copies take one request per batch; the delete from the live sagas one
+    /// per batch on MongoDB (an `$or` of `{_id, version}`), a version read and a delete by `_id` per saga on
+    /// FerretDB (where that `$or` would scan the live sagas, at about 0.25 ms of its CPU per document).
+    #[tracing::instrument(name = "db.saga.move_finished", skip_all, fields(
+        otel.kind = "client", db.system.name = "mongodb",
+        db.collection.name = "sagas_finished", db.operation.name = "insert", db.operation.batch.size = sagas.len()
+    ))]
+    async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<Uuid>, Error> {
+        if sagas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<SagaDoc> = sagas
+            .iter()
+            .map(|saga| {
+                let mut doc = SagaDoc::from(saga);
+                doc.outbox.clear();
+                doc.pending_log.clear();
+                doc.pending = false;
+                doc
+            })
+            .collect();
+        let duplicates = match self.finished.insert_many(&docs).ordered(false).await {
+            Ok(_) => Vec::new(),
+            Err(e) => match &*e.kind {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == 11000)) =>
+                {
+                    failure.write_errors.iter().flatten().map(|w| w.index).collect()
+                }
+                _ => return Err(db("store finished sagas")(e)),
+            },
+        };
+        // Copies there already (a retried batch, or a saga that came back for a late note): the newer wins.
+        for index in duplicates {
+            let Some(doc) = docs.get(index) else { continue };
+            if self.finished_at_or_after(&doc.id, doc.version).await? {
+                continue;
+            }
+            let by_id = doc! { "_id": doc.id.as_str() };
+            self.finished.replace_one(by_id, doc).upsert(true).await.map_err(db("store finished saga"))?;
+        }
+        if self.flavor == Flavor::FerretDb {
+            // A filter with anything besides `_id` scans the collection there: each is deleted by `_id`
+            // once its version is checked.
+            let mut moved = Vec::with_capacity(sagas.len());
+            for saga in sagas {
+                match self.live_version(saga.id, saga.version).await? {
+                    Live::At(filter) | Live::Unread(filter) => {
+                        self.sagas.delete_one(filter).await.map_err(db("remove finished saga from the live ones"))?;
+                        moved.push(saga.id);
+                    }
+                    Live::Missing => moved.push(saga.id),
+                    Live::Elsewhere => {}
+                }
+            }
+            return Ok(moved);
+        }
+        let at_versions: Vec<Document> =
+            docs.iter().map(|d| doc! { "_id": d.id.as_str(), "version": d.version }).collect();
+        let deleted = self
+            .sagas
+            .delete_many(doc! { "$or": at_versions })
+            .await
+            .map_err(db("remove finished sagas from the live ones"))?;
+        if usize::try_from(deleted.deleted_count).is_ok_and(|n| n == docs.len()) {
+            return Ok(sagas.iter().map(|s| s.id).collect());
+        }
+        // Some were not at their version (or were gone already): say which are no longer live.
+        let mut moved = Vec::with_capacity(sagas.len());
+        for saga in sagas {
+            let live = self
+                .sagas
+                .clone_with_type::<Document>()
+                .find_one(doc! { "_id": saga.id.to_string() })
+                .projection(doc! { "_id": 1 })
+                .await
+                .map_err(db("read saga"))?;
+            if live.is_none() {
+                moved.push(saga.id);
+            }
+        }
+        Ok(moved)
     }
 
     #[tracing::instrument(name = "db.saga_log.append", skip_all, fields(
