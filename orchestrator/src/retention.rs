@@ -43,9 +43,11 @@ impl Retention {
         Self { store, clock, settings, purged, swept_up_to: tokio::sync::Mutex::new(None) }
     }
 
-    /// Sweeps every interval until `shutdown`.
+    /// Sweeps every interval, the first time one interval after the start, until `shutdown` (a sweep scans
+    /// the finished sagas on FerretDB: an instance that restarts does not add one).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.settings.interval);
+        let first = tokio::time::Instant::now() + self.settings.interval;
+        let mut ticks = tokio::time::interval_at(first, self.settings.interval);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
