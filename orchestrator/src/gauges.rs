@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 pub use crate::store::StateSummary;
-use crate::store::{self, SagaStore};
+use crate::store::{self, RecordedCensus, SagaStore};
 
 /// Counts the sagas of each state and finds the earliest time one entered it, from `(state, state_since)`
 /// pairs.
@@ -85,17 +85,54 @@ impl SagaGauges {
             if tokio::time::Instant::now() < finished_due {
                 continue;
             }
-            let started = tokio::time::Instant::now();
-            match self.store.finished_census().await {
-                Ok(summary) => finished = summary,
-                Err(error) => tracing::warn!(%error, "counting the finished sagas failed; retrying later"),
+            let (summary, next_in) = self.finished_counts().await;
+            if let Some(summary) = summary {
+                finished = summary;
             }
-            finished_due = tokio::time::Instant::now()
-                + slower("finished", self.interval.saturating_mul(FINISHED_CENSUS_EVERY), started.elapsed());
+            finished_due = tokio::time::Instant::now() + next_in;
             if let Some(live) = &live {
                 self.set(live, &finished);
             }
         }
+    }
+
+    /// The finished sagas' counts, and how long until they are due again: the census some instance recorded,
+    /// while it is fresh (younger than [`FINISHED_CENSUS_EVERY`] intervals, or than a twentieth share of the
+    /// time it took allows), else a new census, recorded for the others. So restarts and more instances add no
+    /// scans of the finished sagas. `None` if neither could be read.
+    pub async fn finished_counts(&self) -> (Option<StateSummary>, Duration) {
+        let every = self.interval.saturating_mul(FINISHED_CENSUS_EVERY);
+        let now = self.clock.now();
+        match self.store.recorded_finished_census().await {
+            Ok(Some(recorded)) => {
+                let fresh_for = store::scan_interval(every, Duration::from_millis(recorded.took_ms));
+                let age = (now - recorded.at).to_std().unwrap_or_default();
+                if let Some(left) = fresh_for.checked_sub(age).filter(|left| !left.is_zero()) {
+                    return (Some(recorded.states), left);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "reading the recorded census of finished sagas failed"),
+        }
+        let started = tokio::time::Instant::now();
+        let states = match self.store.finished_census().await {
+            Ok(states) => states,
+            Err(error) => {
+                tracing::warn!(%error, "counting the finished sagas failed; retrying later");
+                return (None, every);
+            }
+        };
+        let took = started.elapsed();
+        let recorded = RecordedCensus {
+            states: states.clone(),
+            at: now,
+            took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Err(error) = self.store.record_finished_census(&recorded).await {
+            tracing::warn!(%error, "recording the census of finished sagas failed");
+        }
+        tracing::info!(took_ms = recorded.took_ms, finished = states.total(), "counted the finished sagas");
+        (Some(states), slower("finished", every, took))
     }
 
     /// Reads the live sagas' census.
@@ -116,7 +153,7 @@ impl SagaGauges {
     /// Reads the store once (the live and the finished sagas) and sets the gauges.
     pub async fn update(&self) -> Result<(), store::Error> {
         let live = self.live().await?;
-        let finished = self.store.finished_census().await?;
+        let finished = self.finished_counts().await.0.unwrap_or_default();
         self.set(&live, &finished);
         Ok(())
     }
@@ -196,6 +233,50 @@ mod tests {
         SagaGauges::new(store, clock, metrics.clone(), Duration::from_secs(15)).update().await.expect("update");
         let count = |state: &str| metrics.in_state.get(&StateLabel { state: state.to_owned() }).map(|g| g.get());
         assert_eq!((count("COMPLETED"), count("FAILED"), count("RUNNING")), (Some(2), Some(1), Some(1)));
+    }
+
+    #[tokio::test]
+    async fn a_recorded_census_of_finished_sagas_serves_every_instance_while_it_is_fresh() {
+        use crate::model::SagaRecord;
+        use crate::store::memory::MemoryStore;
+        use saga_defs::Phase;
+
+        let store = Arc::new(MemoryStore::new());
+        let finish = |phase| {
+            let store = store.clone();
+            async move {
+                let saga = SagaRecord::example(0, phase);
+                store.insert(&saga).await.expect("insert");
+                assert!(store.clear_pending(saga.id, saga.version).await.expect("settle and move"));
+            }
+        };
+        finish(Phase::Completed).await;
+        let clock = Arc::new(crate::clock::ManualClock::new(t(0)));
+        let gauges = |store: Arc<MemoryStore>| {
+            let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+            SagaGauges::new(store, clock.clone(), metrics, Duration::from_secs(15))
+        };
+        let (first, second) = (gauges(store.clone()), gauges(store.clone()));
+        let every = Duration::from_secs(15 * u64::from(FINISHED_CENSUS_EVERY));
+
+        let (counted, next) = first.finished_counts().await;
+        assert_eq!(counted.map(|c| c.count("COMPLETED")), Some(1));
+        assert_eq!(next, every);
+        let recorded = store.recorded_finished_census().await.expect("read").expect("recorded");
+        assert_eq!((recorded.at, recorded.states.count("COMPLETED")), (t(0), 1));
+
+        // Another instance (or this one restarted) a minute later takes the record: no scan.
+        finish(Phase::Compensated).await;
+        clock.advance(TimeDelta::seconds(60));
+        let (counted, next) = second.finished_counts().await;
+        assert_eq!(counted.map(|c| (c.count("COMPLETED"), c.count("COMPENSATED"))), Some((1, 0)));
+        assert_eq!(next, every - Duration::from_secs(60), "due when the record is");
+
+        // Once the record is stale, the next one counts anew and records it.
+        clock.advance(TimeDelta::seconds(240));
+        let (counted, _) = second.finished_counts().await;
+        assert_eq!(counted.map(|c| (c.count("COMPLETED"), c.count("COMPENSATED"))), Some((1, 1)));
+        assert_eq!(store.recorded_finished_census().await.expect("read").map(|r| r.at), Some(t(300)));
     }
 
     #[test]

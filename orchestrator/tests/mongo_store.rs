@@ -672,3 +672,20 @@ async fn finished_sagas_move_in_batches_and_one_that_moved_on_stays_live() {
     assert_eq!(memory.sizes(), (0, 3));
     db.drop().await.expect("drop the test database");
 }
+
+#[tokio::test]
+async fn a_recorded_census_of_finished_sagas_round_trips_and_the_latest_wins() {
+    let (db, store) = store("recorded_census").await;
+    assert_eq!(store.recorded_finished_census().await.expect("read"), None);
+    let mut states = orchestrator::store::StateSummary::default();
+    states.add("COMPLETED", precise(1));
+    states.add("RESOLVED", precise(2));
+    let first = orchestrator::store::RecordedCensus { states: states.clone(), at: precise(10), took_ms: 280_000 };
+    store.record_finished_census(&first).await.expect("record");
+    assert_eq!(store.recorded_finished_census().await.expect("read"), Some(first));
+    states.add("COMPLETED", precise(0));
+    let second = orchestrator::store::RecordedCensus { states, at: precise(20), took_ms: 5 };
+    store.record_finished_census(&second).await.expect("record again");
+    assert_eq!(store.recorded_finished_census().await.expect("read"), Some(second));
+    db.drop().await.expect("drop the test database");
+}

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator::model::{LogEntry, OrderPii, SagaRecord};
 use orchestrator::store::memory::MemoryStore;
-use orchestrator::store::{Census, Claim, Error, SagaFilter, SagaStore, StateSummary};
+use orchestrator::store::{Census, Claim, Error, RecordedCensus, SagaFilter, SagaStore, StateSummary};
 use participants::inventory::MemoryStockStore;
 use participants::inventory::store::{Reservation, StockMove, StockStore};
 use participants::payment::MemoryPaymentStore;
@@ -191,6 +191,16 @@ impl SagaStore for FaultyStore {
     async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {
         self.read("store.unmoved_finished")?;
         self.inner.unmoved_finished(before, limit).await
+    }
+
+    async fn recorded_finished_census(&self) -> Result<Option<RecordedCensus>, Error> {
+        self.read("store.recorded_finished_census")?;
+        self.inner.recorded_finished_census().await
+    }
+
+    async fn record_finished_census(&self, census: &RecordedCensus) -> Result<(), Error> {
+        let fault = self.write("store.record_finished_census")?;
+        after("store.record_finished_census", self.inner.record_finished_census(census).await, fault)
     }
 
     async fn finished_census(&self) -> Result<StateSummary, Error> {

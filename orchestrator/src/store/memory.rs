@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use saga_defs::Phase;
 use uuid::Uuid;
 
-use super::{Census, Claim, Error, SagaFilter, SagaStore, StateSummary};
+use super::{Census, Claim, Error, RecordedCensus, SagaFilter, SagaStore, StateSummary};
 use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
@@ -18,6 +18,7 @@ struct Inner {
     sagas: BTreeMap<Uuid, SagaRecord>,
     /// The sagas finished for good and settled (a copy stays while one is written again, as in MongoDB).
     finished: BTreeMap<Uuid, SagaRecord>,
+    recorded_census: Option<RecordedCensus>,
     log: BTreeMap<(Uuid, u64), LogEntry>,
     pii: BTreeMap<Uuid, OrderPii>,
     keys: BTreeMap<String, (Uuid, String)>,
@@ -246,6 +247,15 @@ impl SagaStore for MemoryStore {
         }
         let pending = inner.sagas.values().filter(|s| s.has_pending() && s.updated_at < unsettled_before).count();
         Ok(Census { states, backlog: u64::try_from(pending).unwrap_or(u64::MAX) })
+    }
+
+    async fn recorded_finished_census(&self) -> Result<Option<RecordedCensus>, Error> {
+        Ok(self.lock().recorded_census.clone())
+    }
+
+    async fn record_finished_census(&self, census: &RecordedCensus) -> Result<(), Error> {
+        self.lock().recorded_census = Some(census.clone());
+        Ok(())
     }
 
     async fn finished_census(&self) -> Result<StateSummary, Error> {

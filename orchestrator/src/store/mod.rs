@@ -210,6 +210,12 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
 
     /// The finished sagas per state, the same way (a scan of every finished saga: run it seldom).
     async fn finished_census(&self) -> Result<StateSummary, Error>;
+
+    /// The census of the finished sagas last recorded by any instance, if any.
+    async fn recorded_finished_census(&self) -> Result<Option<RecordedCensus>, Error>;
+
+    /// Records a census of the finished sagas (replacing the previous one).
+    async fn record_finished_census(&self, census: &RecordedCensus) -> Result<(), Error>;
 }
 
 /// What the saga gauges are computed from: see [`SagaStore::census`].
@@ -221,8 +227,20 @@ pub struct Census {
     pub backlog: u64,
 }
 
+/// A census of the finished sagas as an instance recorded it, so that the others (and its own next start)
+/// need not scan them again while it is fresh: on FerretDB that scan reads every stored saga.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedCensus {
+    /// The finished sagas per state.
+    pub states: StateSummary,
+    /// When it was taken.
+    pub at: DateTime<Utc>,
+    /// How long it took, in milliseconds.
+    pub took_ms: u64,
+}
+
 /// How many sagas are in each state and since when the oldest of them is there.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateSummary {
     counts: BTreeMap<String, u64>,
     oldest: BTreeMap<String, DateTime<Utc>>,
@@ -243,6 +261,11 @@ impl StateSummary {
                 self.oldest.insert(state.to_owned(), since);
             }
         }
+    }
+
+    /// How many sagas are counted, in all states.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
     }
 
     /// How many sagas are in `state`.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 use uuid::Uuid;
 
-use super::{Census, Claim, Error, SagaFilter, SagaStore, StateSummary};
+use super::{Census, Claim, Error, RecordedCensus, SagaFilter, SagaStore, StateSummary};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
@@ -34,6 +34,7 @@ use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 pub struct MongoStore {
     sagas: Collection<SagaDoc>,
     finished: Collection<SagaDoc>,
+    counts: Collection<Document>,
     log: Collection<LogDoc>,
     pii: Collection<PiiDoc>,
     keys: Collection<KeyDoc>,
@@ -46,6 +47,7 @@ impl MongoStore {
         Self {
             sagas: db.collection("sagas"),
             finished: db.collection("sagas_finished"),
+            counts: db.collection("saga_counts"),
             log: db.collection("saga_log"),
             pii: db.collection("orders_pii"),
             keys: db.collection("idempotency_keys"),
@@ -160,6 +162,9 @@ impl MongoStore {
         Ok(unique)
     }
 }
+
+/// The `_id` of the recorded census of the finished sagas in `saga_counts`.
+const FINISHED_CENSUS: &str = "finished";
 
 /// Where a live saga stands against the version a write expects.
 enum Live {
@@ -846,6 +851,26 @@ impl SagaStore for MongoStore {
             pending += u64::from(stale && doc.get_bool("pending").unwrap_or(false));
         }
         Ok(Census { states, backlog: pending })
+    }
+
+    async fn recorded_finished_census(&self) -> Result<Option<RecordedCensus>, Error> {
+        let found = self.counts.find_one(doc! { "_id": FINISHED_CENSUS }).await.map_err(db("read the saga census"))?;
+        let Some(census) = found.and_then(|d| d.get_document("census").ok().cloned()) else { return Ok(None) };
+        // One that does not read (an older shape) is taken anew.
+        Ok(bson::deserialize_from_document(census).ok())
+    }
+
+    async fn record_finished_census(&self, census: &RecordedCensus) -> Result<(), Error> {
+        let corrupt = |e: bson::error::Error| Error::Corrupt {
+            what: "saga census",
+            id: FINISHED_CENSUS.to_owned(),
+            reason: e.to_string(),
+        };
+        let census = bson::serialize_to_document(census).map_err(corrupt)?;
+        let by_id = doc! { "_id": FINISHED_CENSUS };
+        let recorded = doc! { "_id": FINISHED_CENSUS, "census": census };
+        self.counts.replace_one(by_id, recorded).upsert(true).await.map_err(db("record the saga census"))?;
+        Ok(())
     }
 
     /// Scans `sagas_finished` for the state and the time each saga entered it.
