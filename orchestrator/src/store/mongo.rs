@@ -90,14 +90,8 @@ impl MongoStore {
         })
     }
 
-    /// The finished saga, if it is at `version`.
-    async fn finished_at(&self, saga_id: Uuid, version: u64) -> Result<Option<SagaDoc>, Error> {
-        let found = self.finished.find_one(doc! { "_id": saga_id.to_string() }).await.map_err(db("read saga"))?;
-        Ok(found.filter(|d| d.version == stored_version(version)))
-    }
-
-    /// Whether the finished copy of saga `id` is at `version` or newer.
-    async fn finished_at_or_after(&self, id: &str, version: i64) -> Result<bool, Error> {
+    /// The version of the finished copy of saga `id`, if there is one.
+    async fn finished_version(&self, id: &str) -> Result<Option<i64>, Error> {
         let found = self
             .finished
             .clone_with_type::<Document>()
@@ -105,7 +99,12 @@ impl MongoStore {
             .projection(doc! { "version": 1 })
             .await
             .map_err(db("read finished saga version"))?;
-        Ok(found.and_then(|d| d.get_i64("version").ok()).is_some_and(|v| v >= version))
+        Ok(found.and_then(|d| d.get_i64("version").ok()))
+    }
+
+    /// Whether the finished copy of the saga is at `version`.
+    async fn finished_at(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
+        Ok(self.finished_version(&saga_id.to_string()).await? == Some(stored_version(version)))
     }
 
     /// Moves a settled saga that finished for good from `sagas` to `sagas_finished`: first written there
@@ -162,6 +161,9 @@ impl MongoStore {
         Ok(unique)
     }
 }
+
+/// The states of sagas that finished for good ([`saga_defs::Phase::is_final`]), as stored in `state`.
+const FINAL_STATES: [&str; 3] = ["COMPLETED", "COMPENSATED", "RESOLVED"];
 
 /// The `_id` of the recorded census of the finished sagas in `saga_counts`.
 const FINISHED_CENSUS: &str = "finished";
@@ -448,7 +450,7 @@ impl SagaStore for MongoStore {
         }
         // Not live at that version: a finished saga at that version comes back among the live ones. Inserting
         // fences a concurrent writer (one of the two inserts fails).
-        if self.finished_at(saga.id, expected_version).await?.is_none() {
+        if !self.finished_at(saga.id, expected_version).await? {
             return Err(conflict());
         }
         match self.sagas.insert_one(&doc).await {
@@ -491,7 +493,7 @@ impl SagaStore for MongoStore {
         };
         let Some(cleared) = stored else {
             // Settled and moved already, or at another version.
-            return Ok(self.finished_at(saga_id, version).await?.is_some());
+            return self.finished_at(saga_id, version).await;
         };
         if cleared.phase.is_final() {
             self.move_to_finished(&cleared).await?;
@@ -535,7 +537,7 @@ impl SagaStore for MongoStore {
         // Copies there already (a retried batch, or a saga that came back for a late note): the newer wins.
         for index in duplicates {
             let Some(doc) = docs.get(index) else { continue };
-            if self.finished_at_or_after(&doc.id, doc.version).await? {
+            if self.finished_version(&doc.id).await?.is_some_and(|v| v >= doc.version) {
                 continue;
             }
             let by_id = doc! { "_id": doc.id.as_str() };
@@ -768,7 +770,7 @@ impl SagaStore for MongoStore {
         if let Some(after) = after {
             updated.insert("$gt", bson_date(after));
         }
-        let filter = doc! { "state": { "$in": ["COMPLETED", "COMPENSATED", "RESOLVED"] }, "updated_at": updated };
+        let filter = doc! { "state": { "$in": FINAL_STATES.to_vec() }, "updated_at": updated };
         let projection = Some(doc! { "_id": 1, "updated_at": 1 });
         let docs = self.find_both(filter, doc! { "updated_at": 1 }, projection, limit, "find finished sagas").await?;
         Ok(docs
@@ -782,7 +784,7 @@ impl SagaStore for MongoStore {
 
     async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {
         let filter = doc! {
-            "state": { "$in": ["COMPLETED", "COMPENSATED", "RESOLVED"] },
+            "state": { "$in": FINAL_STATES.to_vec() },
             "pending": false,
             "updated_at": { "$lt": bson_date(before) },
         };
