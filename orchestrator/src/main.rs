@@ -28,7 +28,5 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     let shutdown = platform::shutdown::on_signal();
-    let app = Application::build(settings).await?;
-    tracing::info!(port = app.port(), "orchestrator listening");
-    app.run_until_stopped(shutdown).await
+    Application::build(settings).await?.run_until_stopped(shutdown).await
 }

@@ -134,9 +134,16 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     }
 }
 
-/// Binds `addr`, failing with a message that names the address.
+/// The message [`bind`] logs, with the bound address in its `addr` field: with port 0 in `HTTP_ADDR`, this
+/// line says which port the service got (test harnesses read it).
+pub const LISTENING: &str = "listening for HTTP";
+
+/// Binds `addr`, failing with a message that names the address, and logs the address bound ([`LISTENING`]).
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| anyhow::anyhow!("the address bound for {addr}: {e}"))?;
+    tracing::info!(addr = %bound, "{LISTENING}");
+    Ok(listener)
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests finish.

@@ -37,7 +37,8 @@ pub fn http_client(token: &str) -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).default_headers(headers).build().expect("HTTP client")
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released, so a tiny race remains).
+/// A free TCP port on 127.0.0.1 (bound and released, so another process may take it before the service
+/// binds it: only for a port that must be known before the start, see [`Service::reserve_port`]).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
@@ -48,21 +49,34 @@ fn free_port() -> u16 {
 pub struct Service {
     /// The binary's name.
     pub name: &'static str,
-    /// Its HTTP port.
+    /// Its HTTP port: 0 until the first start, unless reserved ([`Service::reserve_port`]). The first start
+    /// binds port 0 and the port comes from the service's log, so no other process can take it in between;
+    /// restarts bind the same port again.
     pub port: u16,
     env: BTreeMap<String, String>,
     log: PathBuf,
     child: Option<Child>,
+    /// The length of the log when the process was spawned: its own lines follow.
+    log_start: u64,
     /// A command the binary runs under, such as `ip netns exec <ns>` (empty: run it directly).
     wrapper: Vec<String>,
 }
 
 impl Service {
     fn new(name: &'static str, env: BTreeMap<String, String>, log: PathBuf) -> Self {
-        let port = free_port();
         let mut env = env;
-        env.insert("HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
-        Self { name, port, env, log, child: None, wrapper: Vec::new() }
+        env.insert("HTTP_ADDR".into(), "127.0.0.1:0".into());
+        Self { name, port: 0, env, log, child: None, log_start: 0, wrapper: Vec::new() }
+    }
+
+    /// Chooses the HTTP port before the first start, for a test that needs it earlier (a small race with
+    /// other processes remains: the port is free when chosen, not reserved).
+    pub fn reserve_port(&mut self) -> u16 {
+        if self.port == 0 {
+            self.port = free_port();
+            self.env.insert("HTTP_ADDR".into(), format!("127.0.0.1:{}", self.port));
+        }
+        self.port
     }
 
     /// Runs the binary under `wrapper` from the next start on (for example `["ip", "netns", "exec", ns]`,
@@ -82,6 +96,7 @@ impl Service {
         let binary = bin_dir().join(self.name);
         assert!(binary.exists(), "{} is missing: build it first (`cargo build --workspace`)", binary.display());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        self.log_start = log.metadata().expect("the log's length").len();
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
@@ -112,24 +127,63 @@ impl Service {
 
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
+        assert_ne!(self.port, 0, "{} has no port before its first start", self.name);
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// Waits until `/ready` answers 200.
+    /// Waits until the process has bound its HTTP port (taking the port from its log) and `/ready` answers
+    /// 200. Panics with the end of its log if it exits meanwhile.
     pub async fn wait_ready(&mut self, http: &reqwest::Client) {
-        let url = self.url("/ready");
         let name = self.name;
-        let log = self.log.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut bound = None;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("{name} exited with {status} during start-up; see {}", log.display());
+                panic!("{name} exited with {status} during start-up:\n{}", self.log_tail(40));
             }
-            if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            if bound.is_none() {
+                bound = self.bound_port();
+                if let Some(port) = bound {
+                    assert!(self.port == 0 || self.port == port, "{name} bound {port}, expected {}", self.port);
+                    if self.port == 0 {
+                        // Restarts bind the same port.
+                        self.port = port;
+                        self.env.insert("HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+                    }
+                }
+            }
+            if bound.is_some() && http.get(self.url("/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{name} not ready within 60 s; see {}", log.display());
+            let what = if bound.is_some() { "ready" } else { "listening" };
+            assert!(tokio::time::Instant::now() < deadline, "{name} not {what} within 60 s:\n{}", self.log_tail(40));
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The port in this process's "listening" log line, once written.
+    fn bound_port(&self) -> Option<u16> {
+        let log = std::fs::read(&self.log).ok()?;
+        let own = log.get(usize::try_from(self.log_start).ok()?..)?;
+        String::from_utf8_lossy(own).lines().find_map(|line| {
+            let line: Value = serde_json::from_str(line).ok()?;
+            (line["message"] == platform::http::LISTENING).then_some(())?;
+            line["addr"].as_str()?.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        })
+    }
+
+    /// The last `lines` lines of the log, with its path, for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!("(last {lines} lines of {})\n{tail}", self.log.display())
+    }
+
+    /// Panics, with the end of its log, if the process was started and has exited by itself.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            panic!("{} exited with {status}:\n{}", self.name, self.log_tail(40));
         }
     }
 
@@ -261,7 +315,10 @@ impl Stack {
             id,
         };
         for name in SERVICES {
-            if !options.held_back.contains(&name) {
+            if options.held_back.contains(&name) {
+                // Known before its start: a test may register or call it earlier.
+                stack.service_mut(name).reserve_port();
+            } else {
                 stack.service_mut(name).spawn();
             }
         }
@@ -312,8 +369,18 @@ impl Stack {
         self.mongo.database(&format!("{}_{name}", self.id))
     }
 
-    /// Drops the stack's databases (call at the end of a passing test; a failing one keeps them).
-    pub async fn cleanup(self) {
+    /// Panics, with the end of its log, if a started service has exited by itself (a test stops a service
+    /// only through [`Service::kill`] or [`Service::terminate`]).
+    pub fn assert_running(&mut self) {
+        for name in SERVICES {
+            self.service_mut(name).assert_running();
+        }
+    }
+
+    /// Checks that no service exited by itself ([`Stack::assert_running`]), then drops the stack's
+    /// databases (call at the end of a passing test; a failing one keeps them).
+    pub async fn cleanup(mut self) {
+        self.assert_running();
         for name in SERVICES {
             let _ = self.database(name).drop().await;
         }

@@ -31,7 +31,7 @@ fn processes(stack: &Stack, state_dir: &std::path::Path) -> Vec<ProcessSpec> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smoke_run_writes_a_well_formed_report() {
-    let stack = Stack::start("bench-smoke", Options::default()).await;
+    let mut stack = Stack::start("bench-smoke", Options::default()).await;
     let mongo = MongoSettings { database: format!("{}_bench", stack.id), ..MongoSettings::from_env("UNUSED", "x") };
     let state_dir = std::env::var_os("SAGA_STATE_DIR").map_or_else(|| repo_dir().join(".local"), PathBuf::from);
     let target = Target {
@@ -46,6 +46,8 @@ async fn the_smoke_run_writes_a_well_formed_report() {
     };
     let config = Config { plan: Plan::smoke(), target, kind: "smoke".into() };
     let report = bench::run(&config, &|_: &str| {}).await.expect("the smoke run");
+    // A service that died during the run explains a report without sagas better than the report does.
+    stack.assert_running();
 
     let dir = std::env::temp_dir().join(format!("{}-results", stack.id));
     let written = report.write(&dir).expect("the report is written");

@@ -336,7 +336,7 @@ fn isolate(stack: &mut Stack) -> Result<Netns, String> {
     let mut netns = Netns::create()?;
     let database = netns.unix_socket("db");
     let forwarder = Path::new(env!("CARGO_BIN_EXE_tcp-forward"));
-    let port = stack.orchestrator.port;
+    let port = stack.orchestrator.reserve_port();
     let host_side = [
         format!("{HOST_IP}:{kafka}=127.0.0.1:{kafka}"),
         format!("{database}=127.0.0.1:{mongo}"),
