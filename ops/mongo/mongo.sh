@@ -13,8 +13,9 @@ PORT=${MONGO_PORT:-27017}
 DEBUG_PORT=${FERRETDB_DEBUG_PORT:-8088}
 START_TIMEOUT=${MONGO_START_TIMEOUT:-60}
 HOME_DIR=$STATE_DIR/ferretdb
-# The -idx suffix marks our build: upstream with the `_id` index patch below.
-BIN=$HOME_DIR/bin/ferretdb-$VERSION-idx
+# The suffix marks our build: upstream with the two `_id` patches below (a new suffix when they change, so
+# that an older build is replaced).
+BIN=$HOME_DIR/bin/ferretdb-$VERSION-id3
 DATA=$HOME_DIR/data
 LOG=$HOME_DIR/ferretdb.log
 PIDFILE=$HOME_DIR/ferretdb.pid
@@ -27,10 +28,17 @@ redacted_uri() { sed -E 's#//[^@/]*@#//***@#' <<<"$MONGODB_URI"; }
 # is not part of the module (FerretDB issue #2982). So build from a writable copy of the module after
 # writing that file.
 #
-# One patch is applied: the SQLite backend creates its `_id` index on `_ferretdb_sjson->"_id"` but filters
-# on `_ferretdb_sjson->'$._id'`, which SQLite does not match to the index, so every find, update and delete
-# by `_id` scans the whole collection (the PostgreSQL backend has the same mismatch, FerretDB issue #4646).
-# Filtering on the indexed expression gives the same results and uses the index.
+# Two patches are applied to the SQLite backend:
+# 1. It creates its `_id` index on `_ferretdb_sjson->"_id"` but filters on `_ferretdb_sjson->'$._id'`, which
+#    SQLite does not match to the index, so every find, update and delete by `_id` scans the whole
+#    collection (the PostgreSQL backend has the same mismatch, FerretDB issue #4646). Filtering on the indexed
+#    expression gives the same results and uses the index.
+# 2. It narrows a query to one `_id` in SQL only when the filter is exactly `{_id: <string or ObjectId>}`;
+#    a filter with more conditions, such as `{_id, version}` (a write conditional on a version), reads the
+#    whole collection. The patched backend narrows any filter with such an `_id` condition at its top level
+#    to that document in SQL; the handlers apply the whole filter to what the backend returns anyway (every
+#    command does, pushdown or not), so the results are the same. `explain` shows it: `filterPushdown` true
+#    and the SQLite plan searching by the `_id` index (tests/tests/mongo.rs checks both patches that way).
 install() {
   [ -x "$BIN" ] && return 0
   need go "install Go 1.22 or newer (Debian: apt-get install golang)"
@@ -47,6 +55,11 @@ install() {
   sed -i "s|IDColumn = DefaultColumn + \"->'\$._id'\"|IDColumn = DefaultColumn + \`->\"_id\"\`|" "$metadata"
   grep -q 'IDColumn = DefaultColumn + `->"_id"`' "$metadata" \
     || die "cannot apply the _id index patch to FerretDB $VERSION ($metadata changed); see ops/mongo/mongo.sh"
+  # Two places make that choice: the query, and `explain` (which then shows the SQLite plan by `_id`).
+  local collection=$src/internal/backends/sqlite/collection.go
+  sed -i 's|if params.Filter.Len() == 1 {|if params.Filter.Len() >= 1 { // patched: an _id condition among others|' "$collection"
+  [ "$(grep -c 'if params.Filter.Len() >= 1 { // patched' "$collection")" = 2 ] \
+    || die "cannot apply the _id pushdown patch to FerretDB $VERSION ($collection changed); see ops/mongo/mongo.sh"
   if ! (cd "$src" && go build -trimpath -tags ferretdb_no_postgresql -o "$BIN.tmp" ./cmd/ferretdb) >>"$HOME_DIR/install.log" 2>&1; then
     tail -n 20 "$HOME_DIR/install.log" >&2
     die "building FerretDB $VERSION failed (log: $HOME_DIR/install.log)"

@@ -18,7 +18,9 @@
 //! index, not `{_id: {$in: [...]}}`, no `$match` in an aggregation. The reason is the database CI runs on:
 //! FerretDB 1.24 (SQLite backend) pushes only an exact `{_id}` filter down to SQLite; every other filter
 //! decodes the whole collection in Go (about 40 µs per document, so 160 ms at 4,000 documents), which made
-//! sagas time out under load. Conditions that used to sit in filters (such as "only if captured") are
+//! sagas time out under load (the build `ops/mongo/mongo.sh` installs also narrows `{_id, ...}` by `_id`,
+//! which the orchestrator's versioned writes rely on; the participants keep to this rule so that they run on
+//! an upstream FerretDB as well). Conditions that used to sit in filters (such as "only if captured") are
 //! checked in code after the find by `_id`. That is safe because each participant process is the single
 //! writer of its documents and handles one command at a time (see [`crate::runtime`]); where such a check
 //! happens, a comment says so. Secondary indexes are not created either: FerretDB would not use them, and

@@ -111,9 +111,10 @@ pub enum Flavor {
     /// MongoDB: a filter on `_id` plus other fields uses the `_id` index, and a conditional update on one
     /// document is atomic.
     MongoDb,
-    /// FerretDB 1.x (SQLite backend): only a filter that is exactly `{_id: value}` is answered from the `_id`
-    /// index (anything else, `{_id, version}` included, scans the collection), and updates are
-    /// read-modify-write, not atomic.
+    /// FerretDB 1.x (SQLite backend): upstream answers only a filter that is exactly `{_id: value}` from the
+    /// `_id` index (anything else, `{_id, version}` included, scans the collection); the build
+    /// `ops/mongo/mongo.sh` installs also narrows a filter with an `_id` condition besides others by `_id`.
+    /// Updates are read-modify-write, not atomic.
     FerretDb,
 }
 

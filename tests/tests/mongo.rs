@@ -93,3 +93,35 @@ async fn inc_and_push_update_a_document_in_place() {
     assert_eq!(orders, ["o-1", "o-2"], "pushed in order");
     db.drop().await.expect("drop test database");
 }
+
+/// The filters the hot paths use (`{_id}`, and the versioned writes' `{_id, version}`) are answered from
+/// the `_id` index, not by reading the collection. On FerretDB that takes the two patches of the build
+/// `ops/mongo/mongo.sh` installs, and `explain` shows them: `filterPushdown` and SQLite's plan searching by
+/// the index. On MongoDB, the winning plan is an `_id` lookup (no collection scan).
+#[tokio::test]
+async fn lookups_by_id_use_the_id_index_also_with_a_version_condition() {
+    let (client, db) = database("id-lookups").await;
+    let sagas = db.collection::<Document>("sagas");
+    let docs: Vec<Document> = (0..50).map(|i| doc! { "_id": format!("saga-{i}"), "version": 3_i64 }).collect();
+    sagas.insert_many(docs).await.expect("insert");
+    let ferretdb = platform::mongo::flavor(&client).await.expect("flavor") == platform::mongo::Flavor::FerretDb;
+
+    let by_id = doc! { "_id": "saga-7" };
+    let versioned = doc! { "_id": "saga-7", "version": 3_i64 };
+    let no_id = doc! { "version": 3_i64 };
+    for (filter, indexed) in [(by_id, true), (versioned, true), (no_id, false)] {
+        let explain = doc! { "explain": { "find": "sagas", "filter": filter.clone() }, "verbosity": "queryPlanner" };
+        let plan = db.run_command(explain).await.expect("explain");
+        let text = plan.to_string();
+        if ferretdb {
+            let pushed = plan.get_bool("filterPushdown").unwrap_or(false);
+            let searched = text.contains("USING INDEX") && text.contains("SEARCH");
+            assert_eq!((pushed, searched), (indexed, indexed), "{filter}: {plan}");
+        } else {
+            assert_eq!(!text.contains("COLLSCAN"), indexed, "{filter}: {plan}");
+        }
+    }
+    assert!(sagas.find_one(doc! { "_id": "saga-7", "version": 3_i64 }).await.expect("find").is_some());
+    assert!(sagas.find_one(doc! { "_id": "saga-7", "version": 4_i64 }).await.expect("find").is_none());
+    db.drop().await.expect("drop test database");
+}

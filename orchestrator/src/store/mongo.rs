@@ -25,11 +25,13 @@ use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
 ///
-/// Writes to a saga are conditional on its version. On MongoDB the condition is part of the update's filter
-/// (atomic). On FerretDB a filter with anything besides `_id` scans the whole collection, so the version is
-/// read by `_id` and compared first, then the document is written by `_id`: as strong as FerretDB's own
-/// conditional updates (which are read-modify-write too), and the saga's partition owner is its only
-/// writer anyway; the check fences an instance that lost the partition.
+/// Writes to a saga are conditional on its version: the filter is `{_id, version}`. On MongoDB that is
+/// atomic. FerretDB reads the document by `_id`, compares the version, then writes (not atomic against a
+/// concurrent writer, but the saga's partition owner is its only writer anyway; the check fences an instance
+/// that lost the partition). FerretDB 1.24's SQLite backend answers only an exact `{_id}` filter from its
+/// index and scans the collection for any other; the build `ops/mongo/mongo.sh` installs narrows `{_id,
+/// version}` by `_id` too (see there). On an unpatched FerretDB these writes scan the live sagas: correct,
+/// and as slow as there are sagas in flight.
 #[derive(Debug, Clone)]
 pub struct MongoStore {
     sagas: Collection<SagaDoc>,
@@ -67,27 +69,16 @@ impl MongoStore {
         Ok(found.map(|d| d.entry))
     }
 
-    /// Where the live saga stands against `version`, and the filter that makes a write to it conditional on
-    /// that version; on FerretDB the version is read first.
-    async fn live_version(&self, saga_id: Uuid, version: u64) -> Result<Live, Error> {
-        let by_id = doc! { "_id": saga_id.to_string() };
-        if self.flavor == Flavor::MongoDb {
-            let mut filter = by_id;
-            filter.insert("version", stored_version(version));
-            return Ok(Live::Unread(filter));
-        }
-        let stored = self
+    /// Whether saga `id` is among the live ones.
+    async fn is_live(&self, id: &str) -> Result<bool, Error> {
+        let found = self
             .sagas
             .clone_with_type::<Document>()
-            .find_one(by_id.clone())
-            .projection(doc! { "version": 1 })
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 1 })
             .await
-            .map_err(db("read saga version"))?;
-        Ok(match stored {
-            None => Live::Missing,
-            Some(d) if d.get_i64("version").ok() == Some(stored_version(version)) => Live::At(by_id),
-            Some(_) => Live::Elsewhere,
-        })
+            .map_err(db("read saga"))?;
+        Ok(found.is_some())
     }
 
     /// The version of the finished copy of saga `id`, if there is one.
@@ -113,12 +104,9 @@ impl MongoStore {
     /// the next settlement moves it again.
     async fn move_to_finished(&self, saga: &SagaDoc) -> Result<(), Error> {
         let by_id = doc! { "_id": saga.id.as_str() };
-        self.finished.replace_one(by_id.clone(), saga).upsert(true).await.map_err(db("store finished saga"))?;
-        let mut filter = by_id;
-        if self.flavor == Flavor::MongoDb {
-            filter.insert("version", saga.version);
-        }
-        self.sagas.delete_one(filter).await.map_err(db("remove finished saga from the live ones"))?;
+        self.finished.replace_one(by_id, saga).upsert(true).await.map_err(db("store finished saga"))?;
+        let live = at_version(&saga.id, saga.version);
+        self.sagas.delete_one(live).await.map_err(db("remove finished saga from the live ones"))?;
         Ok(())
     }
 
@@ -168,20 +156,13 @@ const FINAL_STATES: [&str; 3] = ["COMPLETED", "COMPENSATED", "RESOLVED"];
 /// The `_id` of the recorded census of the finished sagas in `saga_counts`.
 const FINISHED_CENSUS: &str = "finished";
 
-/// Where a live saga stands against the version a write expects.
-enum Live {
-    /// MongoDB: not read; the filter carries the version.
-    Unread(Document),
-    /// At the version; write by this filter.
-    At(Document),
-    /// At another version.
-    Elsewhere,
-    /// Not among the live sagas.
-    Missing,
-}
-
 fn stored_version(version: u64) -> i64 {
     i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+/// The filter of a write conditional on the saga's version.
+fn at_version(id: &str, version: i64) -> Document {
+    doc! { "_id": id, "version": version }
 }
 
 /// The order of two values of the same sort key (strings, dates or numbers; others keep their order).
@@ -437,16 +418,10 @@ impl SagaStore for MongoStore {
     async fn replace(&self, saga: &SagaRecord, expected_version: u64) -> Result<(), Error> {
         let conflict = || Error::VersionConflict { saga_id: saga.id, expected: expected_version };
         let doc = SagaDoc::from(saga);
-        let filter = match self.live_version(saga.id, expected_version).await? {
-            Live::Unread(filter) | Live::At(filter) => Some(filter),
-            Live::Elsewhere => return Err(conflict()),
-            Live::Missing => None,
-        };
-        if let Some(filter) = filter {
-            let result = self.sagas.replace_one(filter, &doc).await.map_err(db("replace saga"))?;
-            if result.matched_count == 1 {
-                return Ok(());
-            }
+        let filter = at_version(&doc.id, stored_version(expected_version));
+        let result = self.sagas.replace_one(filter, &doc).await.map_err(db("replace saga"))?;
+        if result.matched_count == 1 {
+            return Ok(());
         }
         // Not live at that version: a finished saga at that version comes back among the live ones. Inserting
         // fences a concurrent writer (one of the two inserts fails).
@@ -465,32 +440,14 @@ impl SagaStore for MongoStore {
         db.collection.name = "sagas", db.operation.name = "update"
     ))]
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error> {
-        let by_id = doc! { "_id": saga_id.to_string() };
         let update = doc! { "$set": { "outbox": [], "pending_log": [], "pending": false } };
-        // The saga is read whole (FerretDB reads it to compare the version anyway): one finished for good
-        // moves to the finished sagas.
-        let stored = if self.flavor == Flavor::MongoDb {
-            let mut filter = by_id;
-            filter.insert("version", stored_version(version));
-            self.sagas
-                .find_one_and_update(filter, update)
-                .return_document(ReturnDocument::After)
-                .await
-                .map_err(db("clear saga outbox"))?
-        } else {
-            match self.sagas.find_one(by_id.clone()).await.map_err(db("read saga"))? {
-                Some(mut stored) if stored.version == stored_version(version) => {
-                    let result = self.sagas.update_one(by_id, update).await.map_err(db("clear saga outbox"))?;
-                    (result.matched_count == 1).then(|| {
-                        stored.outbox.clear();
-                        stored.pending_log.clear();
-                        stored.pending = false;
-                        stored
-                    })
-                }
-                _ => None,
-            }
-        };
+        // The saga comes back whole: one finished for good moves to the finished sagas.
+        let stored = self
+            .sagas
+            .find_one_and_update(at_version(&saga_id.to_string(), stored_version(version)), update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(db("clear saga outbox"))?;
         let Some(cleared) = stored else {
             // Settled and moved already, or at another version.
             return self.finished_at(saga_id, version).await;
@@ -502,8 +459,8 @@ impl SagaStore for MongoStore {
     }
 
     /// The timeline and the finished copies take one request per batch; the delete from the live sagas one
-    /// per batch on MongoDB (an `$or` of `{_id, version}`), a version read and a delete by `_id` per saga on
-    /// FerretDB (where that `$or` would scan the live sagas, at about 0.25 ms of its CPU per document).
+    /// per batch on MongoDB (an `$or` of `{_id, version}`), one per saga on FerretDB (where that `$or` would
+    /// scan the live sagas, at about 0.25 ms of its CPU per document, and `{_id, version}` does not).
     #[tracing::instrument(name = "db.saga.move_finished", skip_all, fields(
         otel.kind = "client", db.system.name = "mongodb",
         db.collection.name = "sagas_finished", db.operation.name = "insert", db.operation.batch.size = sagas.len()
@@ -543,43 +500,26 @@ impl SagaStore for MongoStore {
             let by_id = doc! { "_id": doc.id.as_str() };
             self.finished.replace_one(by_id, doc).upsert(true).await.map_err(db("store finished saga"))?;
         }
+        let remove = "remove finished sagas from the live ones";
+        let mut moved = Vec::with_capacity(sagas.len());
         if self.flavor == Flavor::FerretDb {
-            // A filter with anything besides `_id` scans the collection there: each is deleted by `_id`
-            // once its version is checked.
-            let mut moved = Vec::with_capacity(sagas.len());
-            for saga in sagas {
-                match self.live_version(saga.id, saga.version).await? {
-                    Live::At(filter) | Live::Unread(filter) => {
-                        self.sagas.delete_one(filter).await.map_err(db("remove finished saga from the live ones"))?;
-                        moved.push(saga.id);
-                    }
-                    Live::Missing => moved.push(saga.id),
-                    Live::Elsewhere => {}
+            for (saga, doc) in sagas.iter().zip(&docs) {
+                let deleted = self.sagas.delete_one(at_version(&doc.id, doc.version)).await.map_err(db(remove))?;
+                // Not deleted: gone already (moved), or live at another version (it moved on).
+                if deleted.deleted_count == 1 || !self.is_live(&doc.id).await? {
+                    moved.push(saga.id);
                 }
             }
             return Ok(moved);
         }
-        let at_versions: Vec<Document> =
-            docs.iter().map(|d| doc! { "_id": d.id.as_str(), "version": d.version }).collect();
-        let deleted = self
-            .sagas
-            .delete_many(doc! { "$or": at_versions })
-            .await
-            .map_err(db("remove finished sagas from the live ones"))?;
+        let at_versions: Vec<Document> = docs.iter().map(|d| at_version(&d.id, d.version)).collect();
+        let deleted = self.sagas.delete_many(doc! { "$or": at_versions }).await.map_err(db(remove))?;
         if usize::try_from(deleted.deleted_count).is_ok_and(|n| n == docs.len()) {
             return Ok(sagas.iter().map(|s| s.id).collect());
         }
         // Some were not at their version (or were gone already): say which are no longer live.
-        let mut moved = Vec::with_capacity(sagas.len());
         for saga in sagas {
-            let live = self
-                .sagas
-                .clone_with_type::<Document>()
-                .find_one(doc! { "_id": saga.id.to_string() })
-                .projection(doc! { "_id": 1 })
-                .await
-                .map_err(db("read saga"))?;
-            if live.is_none() {
+            if !self.is_live(&saga.id.to_string()).await? {
                 moved.push(saga.id);
             }
         }
