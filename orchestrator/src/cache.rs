@@ -11,12 +11,16 @@
 //!
 //! Beside a cached saga the cache may keep the order's personal data, read once for the saga's first command
 //! that carries it (two do): it is in memory only while the saga is, and never logged.
+//!
+//! A saga the API has just stored is [handed](Handoff) to the cache with its personal data when this
+//! instance owns the saga's partition, so that starting it reads neither from the database.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use crate::consumer::Ownership;
 use crate::model::{OrderPii, SagaRecord};
 
 /// How many sagas the cache holds at most (about 1 to 2 KiB each).
@@ -110,6 +114,34 @@ impl SagaCache {
     }
 }
 
+/// Hands the sagas the API stores to this instance's engine: see the [module](self).
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    ownership: Arc<Ownership>,
+    cache: Arc<SagaCache>,
+}
+
+impl Handoff {
+    /// Hands to `cache` the new sagas of the partitions in `ownership`.
+    pub fn new(ownership: Arc<Ownership>, cache: Arc<SagaCache>) -> Self {
+        Self { ownership, cache }
+    }
+
+    /// Caches `saga`, just inserted as it is, with the order's personal data, if this instance owns its
+    /// partition.
+    pub fn stored(&self, saga: &SagaRecord, pii: OrderPii) {
+        if !self.ownership.owns(saga.partition) {
+            return;
+        }
+        self.cache.put(saga.clone());
+        self.cache.keep_pii(saga.id, pii);
+        // Revoked meanwhile: the revocation may have forgotten the partition's sagas before this one came in.
+        if !self.ownership.owns(saga.partition) {
+            self.cache.remove(saga.id);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use saga_defs::Phase;
@@ -147,10 +179,8 @@ mod tests {
         assert!(cache.is_empty());
     }
 
-    #[test]
-    fn personal_data_is_kept_only_with_a_cached_saga_and_goes_with_it() {
-        let cache = SagaCache::default();
-        let pii = OrderPii {
+    fn order_pii() -> OrderPii {
+        OrderPii {
             customer_id: "c-1".into(),
             email: "a@example.com".into(),
             shipping_address: proto_events::commands::Address {
@@ -162,7 +192,26 @@ mod tests {
                 country: "DE".into(),
             },
             payment_token: "tok_visa".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_new_saga_is_handed_over_with_its_personal_data_only_in_an_owned_partition() {
+        let (ownership, cache) = (Arc::new(Ownership::default()), Arc::new(SagaCache::default()));
+        ownership.assign(&[1]);
+        let handoff = Handoff::new(ownership.clone(), cache.clone());
+        let (owned, other) = (saga(1, Phase::Started), saga(2, Phase::Started));
+        handoff.stored(&owned, order_pii());
+        handoff.stored(&other, order_pii());
+        assert_eq!(cache.get(owned.id), Some(owned.clone()));
+        assert_eq!(cache.pii(owned.id), Some(order_pii()));
+        assert_eq!(cache.get(other.id), None, "not this instance's partition");
+    }
+
+    #[test]
+    fn personal_data_is_kept_only_with_a_cached_saga_and_goes_with_it() {
+        let cache = SagaCache::default();
+        let pii = order_pii();
         let mut a = saga(0, Phase::Running { step: 1, attempt: 1 });
         cache.keep_pii(a.id, pii.clone());
         assert_eq!(cache.pii(a.id), None, "not cached: nothing kept");

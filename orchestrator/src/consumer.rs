@@ -46,6 +46,11 @@ impl Ownership {
         self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect()
     }
 
+    /// Whether this instance owns `partition`.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.partitions.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&partition)
+    }
+
     /// Records that `partitions` were assigned to this instance.
     pub fn assign(&self, partitions: &[i32]) {
         self.partitions.write().unwrap_or_else(std::sync::PoisonError::into_inner).extend(partitions);

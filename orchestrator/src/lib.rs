@@ -109,6 +109,7 @@ impl Application {
         )
         .with_settle_after(settings.settle_after);
         let ownership = Arc::new(Ownership::default());
+        let handoff = cache::Handoff::new(ownership.clone(), engine.cache().clone());
         let consumer = ReplyConsumer::new(
             &settings.kafka,
             &settings.group_id,
@@ -137,6 +138,7 @@ impl Application {
                     .context("the JWT key")?,
             ),
             live: live.clone(),
+            handoff: Some(handoff),
             dead_letters: Some(Arc::new(dlq::DeadLetters::new(
                 &settings.kafka,
                 publisher.clone(),

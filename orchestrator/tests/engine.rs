@@ -283,6 +283,34 @@ async fn an_order_reserves_charges_and_ships_then_completes() {
     assert_eq!((view.body["status"].as_str(), view.body["state"].as_str()), (Some("COMPLETED"), Some("COMPLETED")));
 }
 
+/// The API hands the saga it stored, with the order's personal data, to the engine of the instance that owns
+/// its partition: starting it and sending the payment its token read nothing from the store.
+#[tokio::test]
+async fn a_saga_handed_over_by_the_api_runs_on_its_cached_copy_and_personal_data() {
+    let h = Harness::handing_off();
+    let (id, start) = h.place_and_take_start().await;
+    assert_eq!(h.engine.cache().get(id), Some(h.record(id).await), "cached as stored");
+    // Gone from the store: only the handed-over copy can give the payment its token.
+    assert!(h.store.purge_pii(id).await.expect("the memory store does not fail"));
+
+    assert_eq!(h.apply(&start).await, transitioned("STARTED", "RUNNING"));
+    let reserve = Published::split(h.bus.take()).command().clone();
+    assert_eq!(h.apply(&h.reply(&reserve, Reply::ok())).await, transitioned("RUNNING", "RUNNING"));
+    let charge = Published::split(h.bus.take()).command().clone();
+    let Body::Command(Command::PaymentCharge(charge)) = charge.body else { panic!("a charge: {charge:?}") };
+    assert_eq!(charge.payment_token, TOKEN);
+    assert_eq!(h.record(id).await.version, 3);
+
+    // Without the handoff, the engine reads the personal data, and finds none.
+    let h = Harness::new();
+    let (id, start) = h.place_and_take_start().await;
+    assert_eq!(h.engine.cache().get(id), None);
+    assert!(h.store.purge_pii(id).await.expect("the memory store does not fail"));
+    h.apply(&start).await;
+    let reserve = Published::split(h.bus.take()).command().clone();
+    assert!(h.handle(&h.reply(&reserve, Reply::ok())).await.is_err(), "no personal data to charge with");
+}
+
 #[tokio::test]
 async fn the_start_message_published_by_the_api_is_fenced_as_duplicate_when_redelivered() {
     let h = Harness::new();

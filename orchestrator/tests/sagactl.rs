@@ -98,6 +98,7 @@ impl Served {
             reply_partitions: REPLY_PARTITIONS,
             authenticator: Arc::new(Authenticator::new(&keys, DEV_ISSUER, DEV_AUDIENCE).expect("HS256")),
             live: Arc::new(orchestrator::live::LiveEvents::default()),
+            handoff: None,
             dead_letters: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");

@@ -49,6 +49,9 @@ pub struct AppState {
     pub dead_letters: Option<Arc<crate::dlq::DeadLetters>>,
     /// Status changes of every order, for server-sent events.
     pub live: Arc<crate::live::LiveEvents>,
+    /// Hands a new saga to this instance's engine when it owns the saga's partition (`None`: the engine
+    /// reads it from the store, as it does when another instance owns the partition).
+    pub handoff: Option<crate::cache::Handoff>,
 }
 
 /// The order API (customers and operators) and the admin API (operators), behind authentication.

@@ -188,7 +188,17 @@ async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]
     let correlation_id = correlation_id(headers);
     span.record("correlation_id", display(correlation_id));
     let saga = new_saga(app, order_id, correlation_id, &order, amount_cents, customer_ref)?;
-    store_order(app, &saga, &order).await?;
+    let pii = OrderPii {
+        customer_id: order.customer_id.clone(),
+        email: order.email.clone(),
+        shipping_address: order.shipping_address.clone(),
+        payment_token: order.payment_token.clone(),
+    };
+    if store_order(app, &saga, &pii).await?
+        && let Some(handoff) = &app.handoff
+    {
+        handoff.stored(&saga, pii);
+    }
     app.metrics.sagas_created.inc();
     publish_start(app, &saga).await;
     Ok((placed(&saga), true))
@@ -286,21 +296,17 @@ fn new_saga(
     })
 }
 
-/// Stores the order's personal data, then its saga. Either may exist already when a request is retried
-/// with the same idempotency key after a failure.
-async fn store_order(app: &AppState, saga: &SagaRecord, order: &PlaceOrder) -> Result<(), Problem> {
-    let pii = OrderPii {
-        customer_id: order.customer_id.clone(),
-        email: order.email.clone(),
-        shipping_address: order.shipping_address.clone(),
-        payment_token: order.payment_token.clone(),
-    };
-    match app.store.insert_pii(saga.id, &pii).await {
+/// Stores the order's personal data, then its saga; true if the saga was stored as it is now (false: it was
+/// there already). Either may exist already when a request is retried with the same idempotency key after a
+/// failure.
+async fn store_order(app: &AppState, saga: &SagaRecord, pii: &OrderPii) -> Result<bool, Problem> {
+    match app.store.insert_pii(saga.id, pii).await {
         Ok(()) | Err(StoreError::Duplicate { .. }) => {}
         Err(e) => return Err(e.into()),
     }
     match app.store.insert(saga).await {
-        Ok(()) | Err(StoreError::Duplicate { .. }) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(StoreError::Duplicate { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

@@ -137,15 +137,25 @@ impl Harness {
 
     /// A harness whose engine defers settling as production does (`DEFAULT_SETTLE_AFTER`).
     pub fn deferred() -> Self {
-        Self::build(None, orchestrator::settle::DEFAULT_SETTLE_AFTER)
+        Self::build(None, orchestrator::settle::DEFAULT_SETTLE_AFTER, false)
     }
 
     /// The harness, with the dead-letter routes over `dead_letters` (real Kafka and database).
     pub fn with_dead_letters(dead_letters: Option<Arc<orchestrator::dlq::DeadLetters>>) -> Self {
-        Self::build(dead_letters, std::time::Duration::ZERO)
+        Self::build(dead_letters, std::time::Duration::ZERO, false)
     }
 
-    fn build(dead_letters: Option<Arc<orchestrator::dlq::DeadLetters>>, settle_after: std::time::Duration) -> Self {
+    /// A harness whose instance owns every partition and whose API hands the sagas it stores to the engine
+    /// (as the orchestrator does).
+    pub fn handing_off() -> Self {
+        Self::build(None, std::time::Duration::ZERO, true)
+    }
+
+    fn build(
+        dead_letters: Option<Arc<orchestrator::dlq::DeadLetters>>,
+        settle_after: std::time::Duration,
+        handoff: bool,
+    ) -> Self {
         let store = Arc::new(MemoryStore::new());
         let bus = Arc::new(TestBus::default());
         let clock = Arc::new(ManualClock::new(t0()));
@@ -163,6 +173,11 @@ impl Harness {
         )
         .with_settle_after(settle_after);
         let refs = CustomerRefs::new(CUSTOMER_REF_KEY);
+        let handoff = handoff.then(|| {
+            let ownership = Arc::new(orchestrator::consumer::Ownership::default());
+            ownership.assign(&(0..REPLY_PARTITIONS).collect::<Vec<_>>());
+            orchestrator::cache::Handoff::new(ownership, engine.cache().clone())
+        });
         let state = AppState {
             store: store.clone(),
             bus: bus.clone(),
@@ -176,6 +191,7 @@ impl Harness {
                     .expect("an HS256 authenticator"),
             ),
             live: Arc::new(orchestrator::live::LiveEvents::default()),
+            handoff,
             dead_letters,
         };
         Self {

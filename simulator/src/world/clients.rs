@@ -72,6 +72,7 @@ impl Api {
             authenticator: Arc::new(authenticator),
             dead_letters: None,
             live: Arc::new(orchestrator::live::LiveEvents::default()),
+            handoff: None,
         };
         let customers = (1..=CUSTOMERS).map(|n| token(&format!("cust-{n}"), Role::Customer)).collect();
         Self { router: api_router(state), faults, bus, customers, operator: token("ops-sim", Role::Operator) }
