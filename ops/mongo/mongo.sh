@@ -69,8 +69,16 @@ install() {
 
 ready() { port_open 127.0.0.1 "$PORT" && curl -fsS -o /dev/null "http://127.0.0.1:$DEBUG_PORT/debug/readyz"; }
 
+# outdated: true when the running FerretDB is not this script's build (an earlier patch level).
+outdated() { [ "$(readlink "/proc/$(cat "$PIDFILE")/exe" 2>/dev/null)" != "$(readlink -f "$BIN" 2>/dev/null || echo "$BIN")" ]; }
+
 start() {
   if external; then info "using the database at $(redacted_uri) (MONGODB_URI); nothing to start"; return 0; fi
+  if pid_alive "$PIDFILE" && outdated; then
+    info "FerretDB (pid $(cat "$PIDFILE")) runs another build than $(basename "$BIN"): restarting it (data are kept)"
+    install
+    stop_pid "$PIDFILE" FerretDB
+  fi
   if pid_alive "$PIDFILE"; then
     info "FerretDB already running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
     return 0
@@ -96,8 +104,12 @@ stop() {
 
 status() {
   if external; then echo "database: external at $(redacted_uri)"; return 0; fi
-  if pid_alive "$PIDFILE"; then echo "database: FerretDB running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
-  else echo "database: stopped"; return 1; fi
+  if pid_alive "$PIDFILE"; then
+    echo "database: FerretDB running (pid $(cat "$PIDFILE")) on 127.0.0.1:$PORT"
+    outdated && echo "database: that is an older build than $(basename "$BIN"); 'make infra-up' restarts it"
+    return 0
+  fi
+  echo "database: stopped"; return 1
 }
 
 case "${1:-}" in
