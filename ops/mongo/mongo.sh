@@ -91,6 +91,10 @@ start() {
   [ -w "$DATA" ] || die "database state dir $DATA is not writable; fix its permissions or run 'make clean'"
   [ -f "$LOG" ] && mv "$LOG" "$LOG.1"
   info "starting FerretDB $VERSION (SQLite backend) on 127.0.0.1:$PORT (log: $LOG)"
+  # Go's collector runs when the heap has grown by GOGC percent: at Go's default of 100 it took about a fifth
+  # of FerretDB's CPU under load. At 400, FerretDB used 20% less CPU per saga (29.0 -> 23.3 ms at
+  # concurrency 16) for 95 MiB of memory instead of 73 (GOGC=off with GOMEMLIMIT=256MiB: the same CPU, 288 MiB).
+  export GOGC=${FERRETDB_GOGC:-400}
   start_daemon "$PIDFILE" "$LOG" "$BIN" --handler=sqlite --sqlite-url="file:$DATA/" --state-dir="$HOME_DIR/state" \
     --listen-addr="127.0.0.1:$PORT" --debug-addr="127.0.0.1:$DEBUG_PORT" --telemetry=disable --log-format=json --log-level=WARN
   wait_until "$START_TIMEOUT" "$PIDFILE" "$LOG" FerretDB ready
