@@ -689,3 +689,37 @@ async fn a_recorded_census_of_finished_sagas_round_trips_and_the_latest_wins() {
     assert_eq!(store.recorded_finished_census().await.expect("read"), Some(second));
     db.drop().await.expect("drop the test database");
 }
+
+/// The outbox and the unsettled timeline entries are stored as JSON text (FerretDB decodes one string faster
+/// than nested documents); a saga an earlier version stored with arrays of documents reads back the same.
+#[tokio::test]
+async fn the_outbox_and_pending_timeline_are_stored_as_text_and_read_also_as_arrays() {
+    let (db, store) = store("json_text").await;
+    let saga = saga(2, Phase::Compensating { step: 1, attempt: 1 }, None);
+    store.insert(&saga).await.expect("insert");
+    let raw = db.collection::<Document>("sagas");
+    let stored = raw.find_one(doc! { "_id": saga.id.to_string() }).await.expect("read").expect("stored");
+    let text = |field: &str| stored.get_str(field).unwrap_or_else(|e| panic!("{field} is not text: {e}")).to_owned();
+    let outbox: Vec<OutboxEntry> = serde_json::from_str(&text("outbox")).expect("the outbox is JSON");
+    let pending: Vec<LogEntry> = serde_json::from_str(&text("pending_log")).expect("the timeline is JSON");
+    assert_eq!((outbox, pending), (saga.outbox.clone(), saga.pending_log.clone()));
+
+    // As an earlier version wrote it: arrays of documents.
+    let arrays = doc! { "$set": {
+        "outbox": bson::serialize_to_bson(&saga.outbox).expect("BSON"),
+        "pending_log": bson::serialize_to_bson(&saga.pending_log).expect("BSON"),
+    } };
+    raw.update_one(doc! { "_id": saga.id.to_string() }, arrays).await.expect("rewrite as arrays");
+    assert_eq!(get(&store, saga.id).await, saga);
+    let entry = store.log_entry(saga.id, 3).await.expect("read the pending entry");
+    assert_eq!(entry, saga.pending_log.first().cloned());
+
+    // The next write stores text again.
+    let mut next = saga.clone();
+    next.version += 1;
+    store.replace(&next, saga.version).await.expect("replace");
+    let stored = raw.find_one(doc! { "_id": saga.id.to_string() }).await.expect("read").expect("stored");
+    assert!(stored.get_str("pending_log").is_ok(), "{stored}");
+    assert_eq!(store.log_entry(saga.id, 3).await.expect("read"), saga.pending_log.first().cloned());
+    db.drop().await.expect("drop the test database");
+}

@@ -212,10 +212,41 @@ struct SagaDoc {
     updated_at: DateTime<Utc>,
     #[serde_as(as = "FromChrono04DateTime")]
     state_since: DateTime<Utc>,
+    /// JSON text (see [`json_text`]).
+    #[serde(with = "json_text")]
     outbox: Vec<OutboxEntry>,
+    /// JSON text (see [`json_text`]).
+    #[serde(with = "json_text")]
     pending_log: Vec<LogEntry>,
     /// Whether `outbox` or `pending_log` has entries, for the recovery query.
     pending: bool,
+}
+
+/// A saga's outbox and unsettled timeline entries are stored as one JSON string each, not as arrays of
+/// documents: no query looks inside them, and they are most of a saga in flight's bytes (a timeline entry is
+/// about 700 bytes; four transitions carry four). FerretDB reads the stored document back before each
+/// conditional write, and decoding nested documents was the largest part of its CPU; a string decodes in one
+/// piece. Arrays, as an earlier version wrote them (and as `clear_pending` empties them), are read too.
+mod json_text {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(deserializer: D) -> Result<T, D::Error> {
+        from_bson(bson::Bson::deserialize(deserializer)?).map_err(D::Error::custom)
+    }
+
+    /// The value stored as `value`: JSON text, or the BSON it was written as before.
+    pub fn from_bson<T: DeserializeOwned>(value: bson::Bson) -> Result<T, String> {
+        match value {
+            bson::Bson::String(text) => serde_json::from_str(&text).map_err(|e| e.to_string()),
+            other => bson::deserialize_from_bson(other).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl From<&SagaRecord> for SagaDoc {
@@ -577,18 +608,14 @@ impl SagaStore for MongoStore {
             .projection(doc! { "pending_log": 1 })
             .await
             .map_err(db("read saga's pending timeline"))?;
-        let Some(pending) = pending.and_then(|d| d.get_array("pending_log").ok().cloned()) else { return Ok(None) };
-        for entry in pending {
-            let entry: LogEntry = bson::deserialize_from_bson(entry).map_err(|e| Error::Corrupt {
-                what: "saga",
-                id: saga_id.to_string(),
-                reason: format!("pending timeline: {e}"),
-            })?;
-            if entry.seq == seq {
-                return Ok(Some(entry));
-            }
-        }
-        Ok(None)
+        let Some(pending) = pending.and_then(|mut d| d.remove("pending_log")) else { return Ok(None) };
+        let corrupt = |e: String| Error::Corrupt {
+            what: "saga",
+            id: saga_id.to_string(),
+            reason: format!("pending timeline: {e}"),
+        };
+        let pending: Vec<LogEntry> = json_text::from_bson(pending).map_err(corrupt)?;
+        Ok(pending.into_iter().find(|entry| entry.seq == seq))
     }
 
     #[tracing::instrument(name = "db.saga.list", skip_all, fields(
