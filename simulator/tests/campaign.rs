@@ -86,6 +86,7 @@ fn covered(report: &CampaignReport) {
         "operator.Compensate",
         "operator.Resolve",
         "api.retryable_error",
+        "api.handed_off",
     ];
     let missing: Vec<&str> = events.iter().copied().filter(|e| !report.stats.contains_key(*e)).collect();
     assert!(missing.is_empty(), "never happened: {missing:?}; seen: {:?}", report.stats.keys());

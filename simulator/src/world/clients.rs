@@ -15,6 +15,7 @@ use axum::http::{Request, StatusCode, header};
 use orchestrator::api::{AppState, api_router};
 use orchestrator::auth::{Authenticator, DEV_AUDIENCE, DEV_ISSUER, KeySettings, Role, claims, mint_hs256};
 use orchestrator::bus::Bus;
+use orchestrator::cache::Handoff;
 use orchestrator::customer_ref::CustomerRefs;
 use proto_events::{Body, Message, Meta, OperatorCommand, OperatorVerb, ResolvedAs, topics};
 use saga_defs::{Phase, SagaState};
@@ -41,7 +42,7 @@ const COUNTRIES: [&str; 5] = ["DE", "FR", "NL", "US", "GB"];
 /// The orchestrator's HTTP API and its clients' tokens.
 #[derive(Debug)]
 pub struct Api {
-    router: axum::Router,
+    state: AppState,
     /// Armed before a request: the API's store and bus operations fail like the engine's.
     pub faults: Arc<FaultPoint>,
     bus: Arc<SimBus>,
@@ -75,11 +76,14 @@ impl Api {
             handoff: None,
         };
         let customers = (1..=CUSTOMERS).map(|n| token(&format!("cust-{n}"), Role::Customer)).collect();
-        Self { router: api_router(state), faults, bus, customers, operator: token("ops-sim", Role::Operator) }
+        Self { state, faults, bus, customers, operator: token("ops-sim", Role::Operator) }
     }
 
-    async fn call(&self, request: Request<HttpBody>) -> (StatusCode, Value) {
-        let response = self.router.clone().oneshot(request).await.unwrap_or_else(|never| match never {});
+    /// Serves `request` as the API of an instance that hands the sagas it stores to `handoff` (`None`: as
+    /// an API without an engine beside it).
+    async fn call(&self, request: Request<HttpBody>, handoff: Option<Handoff>) -> (StatusCode, Value) {
+        let router = api_router(AppState { handoff, ..self.state.clone() });
+        let response = router.oneshot(request).await.unwrap_or_else(|never| match never {});
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap_or_default();
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
@@ -144,14 +148,24 @@ impl World {
             .header("idempotency-key", &order.key)
             .body(HttpBody::from(order.body.clone()))
             .expect("a valid request");
+        // The request lands on the API of a live instance, which hands the saga to its own engine when it
+        // owns the saga's partition.
+        let slots = self.live_slots();
+        let slot = self.rng.pick(&slots).copied();
+        let instance = slot.and_then(|slot| self.orchestrators[slot].as_ref());
+        let handoff = instance.map(|i| Handoff::new(Arc::clone(&i.ownership), Arc::clone(i.engine.cache())));
+        let cache = instance.map(|i| Arc::clone(i.engine.cache()));
         let point = Arc::clone(&self.api.faults);
         self.maybe_arm(&point);
-        let (status, body) = self.api.call(request).await;
+        let (status, body) = self.api.call(request, handoff).await;
         let hit = point.disarm();
         self.count_hit(hit);
         self.orders[index].attempts += 1;
         let key = self.orders[index].key.clone();
         let id = body["order_id"].as_str().and_then(|id| Uuid::parse_str(id).ok());
+        if id.zip(cache).is_some_and(|(id, cache)| cache.get(id).is_some()) {
+            self.count("api.handed_off");
+        }
         match (status, id) {
             (StatusCode::ACCEPTED | StatusCode::OK, Some(id)) => {
                 if self.orders[index].placed.is_some_and(|earlier| earlier != id) {
@@ -183,7 +197,7 @@ impl World {
             .expect("a valid request");
         let point = Arc::clone(&self.api.faults);
         self.maybe_arm(&point);
-        let (status, body) = self.api.call(request).await;
+        let (status, body) = self.api.call(request, None).await;
         self.count_hit(point.disarm());
         let saga = self.saga_name(saga_id);
         let (Some(version), Ok(state)) =
