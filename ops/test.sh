@@ -80,9 +80,9 @@ else
   "$OPS_DIR/kafka/kafka.sh" start
 fi
 if [ -z "${MONGODB_URI:-}" ]; then
-  # A running FerretDB is reused; `start` restarts it first if it is an older build than ops/mongo's.
-  if "$OPS_DIR/mongo/mongo.sh" status >/dev/null 2>&1; then "$OPS_DIR/mongo/mongo.sh" start
-  else started+=("$OPS_DIR/mongo/mongo.sh"); "$OPS_DIR/mongo/mongo.sh" start; fi
+  # A running FerretDB is reused (`start` restarts it first if it is an older build than ops/mongo's).
+  "$OPS_DIR/mongo/mongo.sh" status >/dev/null 2>&1 || started+=("$OPS_DIR/mongo/mongo.sh")
+  "$OPS_DIR/mongo/mongo.sh" start
 fi
 # A real Prometheus (Debian package, installed when missing) with the alert rules loaded; the deployment test
 # registers its stack in Prometheus's file_sd directory and queries it at PROMETHEUS_URL. A PROMETHEUS_URL

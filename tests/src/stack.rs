@@ -117,7 +117,12 @@ impl Service {
 
     /// Whether the process was started and has not exited (a service that dies by itself is a bug).
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.is_some() && self.exit_status().is_none()
+    }
+
+    /// How the started process ended, if it has.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The process id, while running.
@@ -138,7 +143,7 @@ impl Service {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut bound = None;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.exit_status() {
                 panic!("{name} exited with {status} during start-up:\n{}", self.log_tail(40));
             }
             if bound.is_none() {
@@ -182,7 +187,7 @@ impl Service {
 
     /// Panics, with the end of its log, if the process was started and has exited by itself.
     pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+        if let Some(status) = self.exit_status() {
             panic!("{} exited with {status}:\n{}", self.name, self.log_tail(40));
         }
     }
