@@ -159,17 +159,16 @@ impl Trace {
         })?;
         let trace: Vec<Span> = spans.iter().filter(|s| s.trace_id == request.trace_id).cloned().collect();
         let by_id: BTreeMap<String, Span> = trace.iter().map(|s| (s.span_id.clone(), s.clone())).collect();
-        let services: BTreeSet<&str> = trace.iter().map(|s| s.service.as_str()).collect();
+        let all_services = trace.iter().map(|s| s.service.as_str()).collect::<BTreeSet<&str>>().len() == SERVICES.len();
         let linked = trace
             .iter()
             .all(|s| s.span_id == request.span_id || s.parent_span_id.as_ref().is_some_and(|p| by_id.contains_key(p)));
-        // The start and the three replies, each handled by the orchestrator.
-        let handled = trace.iter().filter(|s| s.service == "orchestrator" && s.name == "kafka.process").count();
-        (services.len() == SERVICES.len() && linked && handled >= 4).then(|| Self {
-            id: request.trace_id.clone(),
-            spans: trace,
-            by_id,
-        })
+        let trace = Self { id: request.trace_id.clone(), spans: trace, by_id };
+        // Each participant's reply handled by the orchestrator (which ends its saga at the last one). Counting
+        // the orchestrator's `kafka.process` spans instead would let a redelivered message stand in for a
+        // reply whose span is not exported yet.
+        let replied = PARTICIPANTS.iter().all(|participant| trace.find_hop(participant, "orchestrator").is_some());
+        (all_services && linked && replied).then_some(trace)
     }
 
     /// The only span without a parent.
@@ -198,10 +197,13 @@ impl Trace {
 
     /// A `kafka.process` span of `to` whose parent is a span of `from`: a message crossing between them.
     fn hop(&self, from: &str, to: &str) -> &Span {
+        self.find_hop(from, to).unwrap_or_else(|| panic!("no message from {from} to {to} is linked in the trace"))
+    }
+
+    fn find_hop(&self, from: &str, to: &str) -> Option<&Span> {
         self.spans
             .iter()
             .find(|s| s.service == to && s.name == "kafka.process" && self.parent(s).is_some_and(|p| p.service == from))
-            .unwrap_or_else(|| panic!("no message from {from} to {to} is linked in the trace"))
     }
 }
 
