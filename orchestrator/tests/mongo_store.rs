@@ -723,3 +723,42 @@ async fn the_outbox_and_pending_timeline_are_stored_as_text_and_read_also_as_arr
     assert_eq!(store.log_entry(saga.id, 3).await.expect("read"), saga.pending_log.first().cloned());
     db.drop().await.expect("drop the test database");
 }
+
+#[tokio::test]
+async fn listings_keep_the_first_sagas_in_order_when_many_more_match_than_the_limit() {
+    let (db, store) = store("first_sorted").await;
+    // Ids ascend with creation; written in a scrambled order, a third of them finished and moved, each
+    // finished one at a different time.
+    let sagas: Vec<SagaRecord> = (0..45)
+        .map(|i| {
+            let phase = if i % 3 == 0 { Phase::Completed } else { Phase::Running { step: 1, attempt: 1 } };
+            let mut saga = settled(i % 6, phase, None);
+            saga.updated_at = secs(i64::from((i * 17) % 45));
+            saga
+        })
+        .collect();
+    for i in (0..45).map(|i| (i * 29) % 45) {
+        store.insert(&sagas[i]).await.expect("insert");
+        if sagas[i].state.phase == Phase::Completed {
+            assert!(store.clear_pending(sagas[i].id, 3).await.expect("move"), "finished and moved");
+        }
+    }
+
+    let mut listed = Vec::new();
+    let mut filter = orchestrator::store::SagaFilter::default();
+    loop {
+        let page = store.list(&filter, 7).await.expect("a page");
+        assert!(page.len() <= 7, "{} sagas in a page of 7", page.len());
+        let Some(last) = page.last() else { break };
+        filter.after = Some(last.id);
+        listed.extend(page.iter().map(|s| s.id));
+    }
+    assert_eq!(listed, sagas.iter().map(|s| s.id).collect::<Vec<_>>(), "every saga once, by id");
+
+    let mut finished: Vec<(Uuid, DateTime<Utc>)> =
+        sagas.iter().filter(|s| s.state.phase == Phase::Completed).map(|s| (s.id, s.updated_at)).collect();
+    finished.sort_by_key(|(_, at)| *at);
+    let swept = store.finished_between(None, secs(100), 4).await.expect("finished between");
+    assert_eq!(swept, finished[..4], "the four that finished first, in order");
+    db.drop().await.expect("drop the test database");
+}

@@ -113,6 +113,12 @@ impl MongoStore {
     /// Sagas matching `filter` in `sagas`, then in `sagas_finished`, sorted by `sort`'s single key and cut at
     /// `limit`; a saga in both (stopped while moving) counts once, live. Live ones are read first: a saga that
     /// moves meanwhile is then seen twice rather than missed.
+    ///
+    /// FerretDB pushes no sort but `$natural` down to SQLite: asked for a sorted, limited answer, it reads
+    /// everything the filter matches into memory, sorts it, and only then applies the limit (a sorted read of
+    /// a few million timeline entries ran it out of memory at 23 GiB on a 24 GiB machine). So on
+    /// FerretDB the documents are streamed unsorted and the first `limit` kept here, with memory bounded
+    /// by `limit` in both processes; the scan itself is the same.
     async fn find_both(
         &self,
         filter: Document,
@@ -121,32 +127,57 @@ impl MongoStore {
         limit: usize,
         operation: &'static str,
     ) -> Result<Vec<Document>, Error> {
-        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        let key = sort.keys().next().cloned().unwrap_or_else(|| "_id".to_owned());
+        let ascending = sort.get_i32(&key).unwrap_or(1) >= 0;
+        let first = FirstSorted { key: &key, ascending, limit };
+        let streamed = self.flavor == Flavor::FerretDb;
         let mut found = Vec::new();
         for collection in [&self.sagas, &self.finished] {
             let mut options = mongodb::options::FindOptions::default();
-            options.sort = Some(sort.clone());
             options.projection.clone_from(&projection);
-            options.limit = Some(limit_i64);
-            let cursor = collection
+            if !streamed {
+                options.sort = Some(sort.clone());
+                options.limit = Some(i64::try_from(limit).unwrap_or(i64::MAX));
+            }
+            let mut cursor = collection
                 .clone_with_type::<Document>()
                 .find(filter.clone())
                 .with_options(options)
                 .await
                 .map_err(db(operation))?;
-            found.extend(collect(cursor, operation).await?);
+            let mut kept = Vec::new();
+            while let Some(document) = cursor.try_next().await.map_err(db(operation))? {
+                kept.push(document);
+                if kept.len() >= limit.saturating_mul(2).max(64) {
+                    first.cut(&mut kept);
+                }
+            }
+            first.cut(&mut kept);
+            found.extend(kept);
         }
-        let key = sort.keys().next().cloned().unwrap_or_else(|| "_id".to_owned());
-        let ascending = sort.get_i32(&key).unwrap_or(1) >= 0;
         let mut seen = std::collections::HashSet::new();
         let mut unique: Vec<Document> =
             found.into_iter().filter(|d| seen.insert(d.get("_id").cloned().map(|id| id.to_string()))).collect();
-        unique.sort_by(|a, b| {
-            let order = compare_bson(a.get(&key), b.get(&key));
-            if ascending { order } else { order.reverse() }
-        });
-        unique.truncate(limit);
+        first.cut(&mut unique);
         Ok(unique)
+    }
+}
+
+/// The first `limit` documents in the order of one sort key.
+struct FirstSorted<'a> {
+    key: &'a str,
+    ascending: bool,
+    limit: usize,
+}
+
+impl FirstSorted<'_> {
+    /// Sorts `documents` (stably) and keeps the first `limit`.
+    fn cut(&self, documents: &mut Vec<Document>) {
+        documents.sort_by(|a, b| {
+            let order = compare_bson(a.get(self.key), b.get(self.key));
+            if self.ascending { order } else { order.reverse() }
+        });
+        documents.truncate(self.limit);
     }
 }
 
