@@ -8,15 +8,14 @@
 //!
 //! **Reserve** (saga `s`, lines `L`). Only the reservation record (`_id` = `s`) and the moves of `L` (by
 //! their deterministic ids) are read, never a query on `saga_id` (see the
-//! [database access rule](crate::store#database-access-rule)). The cache decides first, as if the saga
-//! had no record: refused (`not enough stock for SKU-x`, one insert, nothing taken), or reserve, in three
-//! steps: (1) insert the record as the intent, status `reserving` with `L`, before any move, (2) insert
-//! the reserve moves in one batch, (3) mark the record `reserved`. When the insert finds the saga's record
-//! there (a repeated command), nothing was written and the record is read: a final one (`reserved`,
-//! `refused`, `released`) answers with its saved reply. The decision is taken when the intent is written:
-//! a record found `reserving` (the process was interrupted) is completed, writing only the moves a find by
-//! `_id` shows missing, unless a release has begun meanwhile (a release move exists), in which case the
-//! release is finished and the reserve refused.
+//! [database access rule](crate::store#database-access-rule)). A final record (`reserved`, `refused`,
+//! `released`) answers with its saved reply. With no record, the cache decides: refused (`not enough
+//! stock for SKU-x`, one insert, nothing taken), or reserve, in three steps: (1) insert the record as the
+//! intent, status `reserving` with `L`, before any move, (2) insert the reserve moves in one batch, (3)
+//! mark the record `reserved`. The decision is taken when the intent is written: a record found
+//! `reserving` (the process was interrupted) is completed, writing only the moves a find by `_id` shows
+//! missing, unless a release has begun meanwhile (a release move exists), in which case the release is
+//! finished and the reserve refused.
 //!
 //! **Release** has no lines of its own: they come from the record. No record means nothing was ever
 //! reserved: a `released` tombstone is inserted so that a late reserve for `s` is refused. Otherwise the
@@ -225,43 +224,31 @@ impl<S: StockStore> Inventory<S> {
     pub async fn reserve(&self, saga_id: Uuid, lines: &[Line]) -> Result<Handled, Error> {
         let mut cache = self.cache.lock().await;
         self.refresh(&mut cache).await?;
-        // A first reserve is the common case: its record is inserted without reading first, and only an
-        // insert that finds the saga's record already there reads it. Every write is decided from what
-        // this process inserted or read and is filtered by `_id` alone: this process is the inventory's
-        // single writer and handles one command at a time (under the cache lock), so the record cannot
-        // change in between.
-        if let Some(handled) = self.reserve_new(&mut cache, saga_id, lines).await? {
-            return Ok(handled);
-        }
+        // Every write below is decided from the record read here and filtered by `_id` alone: this process
+        // is the inventory's single writer and handles one command at a time (under the cache lock), so
+        // the record cannot change in between.
         match self.store.reservation(saga_id).await? {
-            None => Err(Error::Corrupt { what: "reservation", reason: "exists and does not".to_owned() }),
+            None => self.reserve_new(&mut cache, saga_id, lines).await,
             Some(intent) if intent.status == ReservationStatus::Reserving => self.resume(&mut cache, intent).await,
             Some(recorded) => Ok(Handled::repeated(recorded.reply)),
         }
     }
 
     /// A first reserve: the cache decides; a refusal is one insert, a reservation the intent, the moves
-    /// and the mark. `None` when the saga has a record already (nothing was written, the cache is as
-    /// before).
-    async fn reserve_new(&self, cache: &mut Cache, saga_id: Uuid, lines: &[Line]) -> Result<Option<Handled>, Error> {
+    /// and the mark.
+    async fn reserve_new(&self, cache: &mut Cache, saga_id: Uuid, lines: &[Line]) -> Result<Handled, Error> {
         if let Some(line) = cache.short(lines) {
             let reply = Reply::business(format!("not enough stock for {}", line.sku));
             let refused = self.record(saga_id, lines.to_vec(), ReservationStatus::Refused, reply.clone());
-            return Ok(match self.store.insert_reservation(&refused).await? {
-                Inserted::New => Some(Handled::applied(reply)),
-                Inserted::Existed => None,
-            });
+            self.insert_record(&refused).await?;
+            return Ok(Handled::applied(reply));
         }
         // From here on the saga may hold its lines: if a write fails, the saga is re-read.
         cache.begin(Unsure::Saga { saga_id, counted: Holding::new() });
         let intent = self.record(saga_id, lines.to_vec(), ReservationStatus::Reserving, Reply::ok());
-        if self.store.insert_reservation(&intent).await? == Inserted::Existed {
-            // Not this reserve's intent: it counted nothing for the saga.
-            cache.settle(&Holding::new());
-            return Ok(None);
-        }
+        self.insert_record(&intent).await?;
         // A saga's moves are only written after its record: none exists yet.
-        self.complete(cache, Observed::without_moves(intent)).await.map(Some)
+        self.complete(cache, Observed::without_moves(intent)).await
     }
 
     /// A reserve finding the saga's intent: an earlier attempt decided to reserve and was interrupted.

@@ -348,21 +348,6 @@ async fn the_hot_path_never_scans_the_store() {
 }
 
 #[tokio::test]
-async fn a_first_reserve_writes_without_reading_and_a_repeated_one_reads_its_record_once() {
-    let inv = inventory(&STOCK).await;
-    inv.reserve(saga(1), &order()).await.expect("reserve");
-    inv.reserve(saga(2), &[line("SKU-B", 1)]).await.expect("refused");
-    assert_eq!(inv.store().finds(), 0, "a first reserve, taken or refused, only writes");
-    let writes = inv.store().reservations().len() + inv.store().moves().len();
-    assert_eq!(inv.reserve(saga(1), &order()).await.expect("redelivered"), Handled::repeated(Reply::ok()));
-    let refused = inv.reserve(saga(2), &[line("SKU-B", 1)]).await.expect("redelivered refusal");
-    assert!(matches!(refused.reply, Reply::Failed { .. }) && refused.duplicate, "{refused:?}");
-    assert_eq!(inv.store().finds(), 2, "each repeated reserve reads its record");
-    assert_eq!(inv.store().reservations().len() + inv.store().moves().len(), writes, "and writes nothing");
-    assert_consistent(&inv).await;
-}
-
-#[tokio::test]
 async fn a_write_failing_mid_reserve_leaves_the_cache_right_and_the_retry_completes() {
     let inv = inventory(&[("SKU-A", 10), ("SKU-B", 10)]).await;
     inv.store().faults.fail_after_writes(1);
