@@ -13,9 +13,9 @@ PORT=${MONGO_PORT:-27017}
 DEBUG_PORT=${FERRETDB_DEBUG_PORT:-8088}
 START_TIMEOUT=${MONGO_START_TIMEOUT:-60}
 HOME_DIR=$STATE_DIR/ferretdb
-# The suffix marks our build: upstream with the two `_id` patches below (a new suffix when they change, so
-# that an older build is replaced).
-BIN=$HOME_DIR/bin/ferretdb-$VERSION-id3
+# The suffix marks our build: upstream with the patches below (a new suffix when they change, so that an
+# older build is replaced).
+BIN=$HOME_DIR/bin/ferretdb-$VERSION-p4
 DATA=$HOME_DIR/data
 LOG=$HOME_DIR/ferretdb.log
 PIDFILE=$HOME_DIR/ferretdb.pid
@@ -39,6 +39,15 @@ redacted_uri() { sed -E 's#//[^@/]*@#//***@#' <<<"$MONGODB_URI"; }
 #    to that document in SQL; the handlers apply the whole filter to what the backend returns anyway (every
 #    command does, pushdown or not), so the results are the same. `explain` shows it: `filterPushdown` true
 #    and the SQLite plan searching by the `_id` index (tests/tests/mongo.rs checks both patches that way).
+#
+# And two that only remove work a release build does for nothing (found with a CPU profile of FerretDB under
+# `make bench`, `go tool pprof` on its debug port; together 13% of its CPU):
+# 3. Every SQL statement is logged at debug level through `logger.With(args).DebugContext(...)`; `With`
+#    formats the arguments (the whole document as JSON) before the level is checked, so it ran at WARN too
+#    (6% of FerretDB's CPU). The patched calls check the level first.
+# 4. `resource.Track`, a leak detector for debug builds, records a stack trace and sets a finalizer on every
+#    connection, transaction and cursor in release builds too (7%). The patched Track and Untrack do nothing
+#    unless FerretDB is built with its debug tag.
 install() {
   [ -x "$BIN" ] && return 0
   need go "install Go 1.22 or newer (Debian: apt-get install golang)"
@@ -60,6 +69,16 @@ install() {
   sed -i 's|if params.Filter.Len() == 1 {|if params.Filter.Len() >= 1 { // patched: an _id condition among others|' "$collection"
   [ "$(grep -c 'if params.Filter.Len() >= 1 { // patched' "$collection")" = 2 ] \
     || die "cannot apply the _id pushdown patch to FerretDB $VERSION ($collection changed); see ops/mongo/mongo.sh"
+  local n
+  n=$(grep -l 'l.With(fields...).DebugContext' "$src"/internal/util/fsql/*.go | wc -l)
+  sed -i -E 's/^([[:space:]]*)([a-z]+)\.l\.With\(fields\.\.\.\)\.DebugContext\((.*)\)$/\1if \2.l.Enabled(ctx, slog.LevelDebug) { \2.l.With(fields...).DebugContext(\3) } \/\/ patched/' \
+    "$src"/internal/util/fsql/*.go
+  [ "$n" -ge 2 ] && [ "$(grep -h 'DebugContext' "$src"/internal/util/fsql/*.go | grep -vc '// patched$')" = 0 ] \
+    || die "cannot apply the debug logging patch to FerretDB $VERSION (internal/util/fsql changed); see ops/mongo/mongo.sh"
+  local resource=$src/internal/util/resource/resource.go
+  sed -i -E 's/^func (Track|Untrack)\(obj any, token \*Token\) \{$/&\n\tif !debugbuild.Enabled { return } \/\/ patched/' "$resource"
+  [ "$(grep -c 'if !debugbuild.Enabled { return } // patched' "$resource")" = 2 ] \
+    || die "cannot apply the resource tracking patch to FerretDB $VERSION ($resource changed); see ops/mongo/mongo.sh"
   if ! (cd "$src" && go build -trimpath -tags ferretdb_no_postgresql -o "$BIN.tmp" ./cmd/ferretdb) >>"$HOME_DIR/install.log" 2>&1; then
     tail -n 20 "$HOME_DIR/install.log" >&2
     die "building FerretDB $VERSION failed (log: $HOME_DIR/install.log)"
