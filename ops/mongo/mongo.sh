@@ -15,7 +15,7 @@ START_TIMEOUT=${MONGO_START_TIMEOUT:-60}
 HOME_DIR=$STATE_DIR/ferretdb
 # The suffix marks our build: upstream with the patches below (a new suffix when they change, so that an
 # older build is replaced).
-BIN=$HOME_DIR/bin/ferretdb-$VERSION-p4
+BIN=$HOME_DIR/bin/ferretdb-$VERSION-p5
 DATA=$HOME_DIR/data
 LOG=$HOME_DIR/ferretdb.log
 PIDFILE=$HOME_DIR/ferretdb.pid
@@ -48,6 +48,13 @@ redacted_uri() { sed -E 's#//[^@/]*@#//***@#' <<<"$MONGODB_URI"; }
 # 4. `resource.Track`, a leak detector for debug builds, records a stack trace and sets a finalizer on every
 #    connection, transaction and cursor in release builds too (7%). The patched Track and Untrack do nothing
 #    unless FerretDB is built with its debug tag.
+#
+# And one bug fix:
+# 5. An `update` command keeps each statement's query open (a SQLite connection of a pool of 100) until the
+#    whole command is done (`defer` in its loop over the statements): one command with 100 or more
+#    statements, or a few large ones at once, waits forever for a connection, and with it every client of the
+#    database. The patched loop closes each statement's query when the statement is done
+#    (tests/tests/mongo.rs sends 250 statements in one command).
 install() {
   [ -x "$BIN" ] && return 0
   need go "install Go 1.22 or newer (Debian: apt-get install golang)"
@@ -79,6 +86,10 @@ install() {
   sed -i -E 's/^func (Track|Untrack)\(obj any, token \*Token\) \{$/&\n\tif !debugbuild.Enabled { return } \/\/ patched/' "$resource"
   [ "$(grep -c 'if !debugbuild.Enabled { return } // patched' "$resource")" = 2 ] \
     || die "cannot apply the resource tracking patch to FerretDB $VERSION ($resource changed); see ops/mongo/mongo.sh"
+  local update=$src/internal/handler/msg_update.go
+  sed -i -E 's/^([[:space:]]*)result, err := common\.UpdateDocument\(ctx, c, "update", iter, &u\)$/&\n\1closer.Close() \/\/ patched/' "$update"
+  [ "$(grep -c '^[[:space:]]*closer.Close() // patched$' "$update")" = 1 ] \
+    || die "cannot apply the update statements patch to FerretDB $VERSION ($update changed); see ops/mongo/mongo.sh"
   if ! (cd "$src" && go build -trimpath -tags ferretdb_no_postgresql -o "$BIN.tmp" ./cmd/ferretdb) >>"$HOME_DIR/install.log" 2>&1; then
     tail -n 20 "$HOME_DIR/install.log" >&2
     die "building FerretDB $VERSION failed (log: $HOME_DIR/install.log)"

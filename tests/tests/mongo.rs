@@ -125,3 +125,39 @@ async fn lookups_by_id_use_the_id_index_also_with_a_version_condition() {
     assert!(sagas.find_one(doc! { "_id": "saga-7", "version": 4_i64 }).await.expect("find").is_none());
     db.drop().await.expect("drop test database");
 }
+
+/// One `update` command with many statements (what a driver's bulk write of replacements sends) completes,
+/// and the database answers others meanwhile and after. FerretDB as released keeps every statement's query
+/// (and its SQLite connection, of a pool of 100) open until the whole command is done, so at 100 statements
+/// the command, and every client with it, waited forever; `ops/mongo/mongo.sh` patches that.
+#[tokio::test]
+async fn an_update_command_with_hundreds_of_statements_completes() {
+    const STATEMENTS: i64 = 250;
+    let (_client, db) = database("many-updates").await;
+    let sagas = db.collection::<Document>("sagas");
+    let docs: Vec<Document> = (0..STATEMENTS).map(|i| doc! { "_id": format!("saga-{i}"), "version": 1_i64 }).collect();
+    sagas.insert_many(docs).await.expect("insert");
+
+    let updates: Vec<Document> = (0..STATEMENTS)
+        .map(|i| {
+            let id = format!("saga-{i}");
+            doc! { "q": { "_id": &id, "version": 1_i64 }, "u": { "_id": &id, "version": 2_i64, "n": i } }
+        })
+        .collect();
+    let command = doc! { "update": "sagas", "updates": updates, "ordered": false };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), db.run_command(command))
+        .await
+        .expect("the update command answered within 60 s")
+        .expect("update");
+    let count = |field| answer.get_i32(field).ok().map(i64::from);
+    assert_eq!(count("n"), Some(STATEMENTS), "{answer}");
+    assert_eq!(count("nModified"), Some(STATEMENTS), "{answer}");
+
+    let count =
+        tokio::time::timeout(std::time::Duration::from_secs(30), sagas.count_documents(doc! { "version": 2_i64 }))
+            .await
+            .expect("the database answers after the command")
+            .expect("count");
+    assert_eq!(count, u64::try_from(STATEMENTS).unwrap_or_default());
+    db.drop().await.expect("drop test database");
+}
