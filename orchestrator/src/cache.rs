@@ -140,6 +140,13 @@ impl Handoff {
             self.cache.remove(saga.id);
         }
     }
+
+    /// The saga as this instance last wrote it, if it is in flight in a partition this instance owns: what
+    /// a read of the store would return, without the read (the cache only holds what is durable). `None`
+    /// means "read the store".
+    pub fn current(&self, saga_id: Uuid) -> Option<SagaRecord> {
+        self.cache.get(saga_id).filter(|saga| self.ownership.owns(saga.partition))
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +213,23 @@ mod tests {
         assert_eq!(cache.get(owned.id), Some(owned.clone()));
         assert_eq!(cache.pii(owned.id), Some(order_pii()));
         assert_eq!(cache.get(other.id), None, "not this instance's partition");
+    }
+
+    #[test]
+    fn the_current_saga_is_answered_from_the_cache_only_in_an_owned_partition() {
+        let (ownership, cache) = (Arc::new(Ownership::default()), Arc::new(SagaCache::default()));
+        let handoff = Handoff::new(ownership.clone(), cache.clone());
+        let (mine, other) = (saga(1, Phase::Running { step: 0, attempt: 1 }), saga(2, Phase::Started));
+        ownership.assign(&[1, 2]);
+        cache.put(mine.clone());
+        cache.put(other.clone());
+        ownership.revoke(&[2]);
+        assert_eq!(handoff.current(mine.id), Some(mine.clone()));
+        assert_eq!(handoff.current(other.id), None, "a revoked partition's saga is read from the store");
+        let mut done = mine.clone();
+        done.state.phase = Phase::Completed;
+        cache.put(done);
+        assert_eq!(handoff.current(mine.id), None, "a finished saga is read from the store");
     }
 
     #[test]

@@ -340,11 +340,17 @@ fn placed(saga: &SagaRecord) -> Placed {
 }
 
 /// The order `order_id` if the caller may see it: operators see every order, customers their own. Someone
-/// else's order is reported as missing, so that order ids cannot be probed.
+/// else's order is reported as missing, so that order ids cannot be probed. An order in flight in a
+/// partition this instance owns is answered from its engine's cache (what it last wrote), others from the
+/// store.
 pub async fn visible_order(app: &AppState, caller: &Caller, order_id: &str) -> Result<SagaRecord, Problem> {
     let not_found = || Problem::not_found(format!("no order {order_id}"));
     let id = Uuid::parse_str(order_id).map_err(|_| not_found())?;
-    let saga = app.store.get(id).await?.ok_or_else(not_found)?;
+    let cached = app.handoff.as_ref().and_then(|handoff| handoff.current(id));
+    let saga = match cached {
+        Some(saga) => saga,
+        None => app.store.get(id).await?.ok_or_else(not_found)?,
+    };
     if caller.is(Role::Operator) || saga.order.customer_ref == app.customer_refs.of(&caller.subject) {
         Ok(saga)
     } else {
