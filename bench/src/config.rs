@@ -67,6 +67,10 @@ pub struct Plan {
     pub floor_samples: usize,
     /// Whether each order carries an `Idempotency-Key` (as a careful client sends).
     pub idempotency_keys: bool,
+    /// How long to wait at most for a quiet stack before the floors and before each point (zero: do not
+    /// wait); see [`crate::procs::wait_quiet`].
+    #[serde(with = "seconds", default)]
+    pub quiet_timeout: Duration,
 }
 
 impl Plan {
@@ -88,6 +92,7 @@ impl Plan {
             step_sample: 200,
             floor_samples: 200,
             idempotency_keys: true,
+            quiet_timeout: Duration::from_secs(60),
         }
     }
 
@@ -102,6 +107,7 @@ impl Plan {
             order_timeout: Duration::from_secs(30),
             step_sample: 20,
             floor_samples: 20,
+            quiet_timeout: Duration::ZERO,
             ..Self::standard()
         }
     }

@@ -109,6 +109,9 @@ pub struct PointResult {
     /// read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub db_requests: Option<DbRequests>,
+    /// How quiet the stack was before the point (none: not waited for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_before: Option<crate::procs::Quiet>,
 }
 
 impl PointResult {
@@ -168,6 +171,7 @@ impl PointResult {
             error_examples,
             steps: StepReport::default(),
             processes: Vec::new(),
+            quiet_before: None,
             db_requests: None,
         }
     }

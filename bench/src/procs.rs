@@ -10,6 +10,10 @@
 //! `services/<service>.pid`, or given by pid. A process that cannot be found (no pid file, an external
 //! `MONGODB_URI`, not running) is reported as missing, not as an error. A process whose start time changes
 //! during the window (it restarted) or that exits is reported as such, without CPU figures.
+//!
+//! Before the floors and before each point the run [waits for a quiet stack](wait_quiet): the previous
+//! point's sagas settle a few seconds after they finish, and the census and sweeps run now and then; a floor
+//! measured meanwhile says more about them than about Kafka or the database.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +24,58 @@ use crate::load::Window;
 
 /// How often memory is sampled during a window.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The stack counts as quiet while its processes together use less than this many cores (idle, Kafka and the
+/// services use a few hundredths).
+pub const QUIET_CORES: f64 = 0.25;
+/// How long each quiet-stack sample lasts.
+const QUIET_SAMPLE: Duration = Duration::from_secs(1);
+/// How many samples in a row must be quiet.
+const QUIET_SAMPLES: u32 = 2;
+
+/// Whether the stack was quiet before a measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quiet {
+    /// Whether it became quiet ([`QUIET_SAMPLES`] samples in a row under [`QUIET_CORES`]) within the time allowed.
+    pub quiet: bool,
+    /// How long it was waited for, seconds.
+    pub waited_s: f64,
+    /// The cores the stack's processes used in the last sample.
+    pub busy_cores: f64,
+}
+
+/// Counts quiet samples in a row.
+#[derive(Debug, Default)]
+struct QuietRun(u32);
+
+impl QuietRun {
+    /// Takes one sample; returns whether the stack is now quiet.
+    fn observe(&mut self, busy_cores: f64) -> bool {
+        self.0 = if busy_cores < QUIET_CORES { self.0 + 1 } else { 0 };
+        self.0 >= QUIET_SAMPLES
+    }
+}
+
+/// Waits until the processes of `specs` together use less than [`QUIET_CORES`] for [`QUIET_SAMPLES`] samples
+/// of a second in a row, or until `timeout` has passed (then [`Quiet::quiet`] is false). Processes that
+/// cannot be found are left out.
+pub async fn wait_quiet(specs: &[ProcessSpec], timeout: Duration, ticks_per_second: u64) -> Quiet {
+    let started = std::time::Instant::now();
+    let pids: Vec<u32> = specs.iter().filter_map(|spec| spec.resolve().ok()).collect();
+    let ticks = || pids.iter().filter_map(|pid| read_stat(*pid)).map(|(ticks, _)| ticks).sum::<u64>();
+    let mut run = QuietRun::default();
+    loop {
+        let before = ticks();
+        tokio::time::sleep(QUIET_SAMPLE).await;
+        let used = ticks().saturating_sub(before) as f64 / ticks_per_second.max(1) as f64;
+        let busy_cores = used / QUIET_SAMPLE.as_secs_f64();
+        let quiet = run.observe(busy_cores);
+        let waited = started.elapsed();
+        if quiet || waited >= timeout {
+            return Quiet { quiet, waited_s: waited.as_secs_f64(), busy_cores };
+        }
+    }
+}
 
 /// Where to find a process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +292,17 @@ pub async fn measure(specs: Vec<ProcessSpec>, window: Window, ticks_per_second: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stack_is_quiet_after_enough_quiet_samples_in_a_row() {
+        let mut run = QuietRun::default();
+        assert!(!run.observe(0.1), "one quiet sample is not enough");
+        assert!(!run.observe(0.9), "a busy sample starts over");
+        assert!(!run.observe(0.1));
+        assert!(run.observe(0.2));
+        assert!(run.observe(0.0));
+        assert!(!run.observe(QUIET_CORES), "at the threshold it is busy");
+    }
 
     const STAT: &str = "4242 (java (Kafka) x) S 1 4242 4242 0 -1 4194560 81234 0 12 0 1500 250 0 0 20 0 97 0 \
                         123456 4096000000 51200 18446744073709551615 1 1 0 0 0 0 0 4096 17000 0 0 0 17 1 0 0 0 0 0";

@@ -54,6 +54,9 @@ pub struct Floors {
     pub database: Option<DatabaseFloor>,
     /// Why the database floor is missing.
     pub database_error: Option<String>,
+    /// How quiet the stack was before the floors (none: not waited for).
+    #[serde(default)]
+    pub quiet: Option<crate::procs::Quiet>,
 }
 
 /// The saga's p50 as a multiple of the floors.
@@ -156,10 +159,27 @@ pub fn method_notes() -> Vec<String> {
         "steps: from the timeline entry whose transition sent a command to the one that applied its reply (orchestrator clock), over a sample of the window's sagas.",
         "CPU s: utime+stime over the window from /proc/<pid>/stat; peak RSS: the largest VmRSS sampled every 200 ms during the window. saga-bench is this process (it shares the machine).",
         "Nothing is relaxed for the benchmark: the services, Kafka and the database run with their configured durability.",
+        "quiet stack: before the floors and before each point the run waits (up to plan.quiet_timeout) until the stack's processes together use less than a quarter of a core for two one-second samples in a row, so that the previous point's settling or a background sweep does not fall into the measurement; a point that started on a busy stack is listed under the points.",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect()
+}
+
+/// Says how quiet the stack was before what `what` measured.
+fn quiet_sentence(what: &str, quiet: &crate::procs::Quiet) -> String {
+    if quiet.quiet {
+        format!(
+            "{what} on a quiet stack (its processes under {} cores; waited {:.0} s).",
+            crate::procs::QUIET_CORES,
+            quiet.waited_s
+        )
+    } else {
+        format!(
+            "{what} on a busy stack: its processes still used {:.2} cores after {:.0} s of waiting.",
+            quiet.busy_cores, quiet.waited_s
+        )
+    }
 }
 
 /// The files a report was written to.
@@ -303,6 +323,11 @@ impl Report {
             let _ = writeln!(md, "{row}");
         }
         let _ = writeln!(md);
+        for point in &self.points {
+            if let Some(quiet) = point.quiet_before.as_ref().filter(|q| !q.quiet) {
+                let _ = writeln!(md, "{}\n", quiet_sentence(&point.label, quiet));
+            }
+        }
     }
 
     fn write_floors(&self, md: &mut String) {
@@ -328,6 +353,9 @@ impl Report {
         }
         let r = &self.ratios;
         let _ = writeln!(md);
+        if let Some(quiet) = &f.quiet {
+            let _ = writeln!(md, "{}\n", quiet_sentence("The floors were measured", quiet));
+        }
         match (&r.reference_point, r.saga_p50_ms) {
             (Some(point), Some(saga)) => {
                 let k = |k: Option<f64>, floor: Option<f64>, what: &str| match (k, floor) {
@@ -471,6 +499,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::latency::Summary;
+    use crate::procs::Quiet;
     use crate::steps::{StepLatency, StepReport};
 
     pub(crate) fn summary(p50: f64) -> Summary {
@@ -536,13 +565,16 @@ pub(crate) mod tests {
                 by_command: BTreeMap::from([("find".to_owned(), 150), ("insert".to_owned(), 110)]),
                 per_saga: Some(26.0),
             }),
+            quiet_before: None,
         }
     }
 
     pub(crate) fn report() -> Report {
+        let mut busy = point(Mode::Closed { concurrency: 16 }, 120.0, 130.0);
+        busy.quiet_before = Some(Quiet { quiet: false, waited_s: 60.2, busy_cores: 0.83 });
         let points = vec![
             point(Mode::Closed { concurrency: 1 }, 20.0, 45.0),
-            point(Mode::Closed { concurrency: 16 }, 120.0, 130.0),
+            busy,
             point(Mode::Open { rate: 60.0 }, 59.5, 70.0),
         ];
         let floors = Floors {
@@ -555,6 +587,7 @@ pub(crate) mod tests {
             kafka_error: None,
             database: None,
             database_error: Some("the database did not answer".into()),
+            quiet: Some(Quiet { quiet: true, waited_s: 2.0, busy_cores: 0.04 }),
         };
         let started_at = DateTime::<Utc>::from_timestamp(1_750_000_000, 0).expect("a time");
         Report {
@@ -606,6 +639,12 @@ pub(crate) mod tests {
         assert!(md.contains("| closed | C=16 | 120.0 | 130 | 260 | 390 | 520 | 0 | 1.50 / 300 | not found |"), "{md}");
         assert!(md.contains("saga p50 at C=1 = 45.0 ms = 15.0 x the Kafka produce-to-consume p50 (3.00 ms)"), "{md}");
         assert!(md.contains("not measured: the database did not answer"));
+        assert!(md.contains("The floors were measured on a quiet stack (its processes under 0.25 cores; waited 2 s)."));
+        assert!(
+            md.contains("C=16 on a busy stack: its processes still used 0.83 cores after 60 s of waiting."),
+            "{md}"
+        );
+        assert!(!md.contains("C=1 on a busy stack"), "{md}");
         assert!(md.contains("| C=1 | 3 | 4.00 / 8.00 / 12.0 |"), "{md}");
         assert_tables_well_formed(&md);
     }

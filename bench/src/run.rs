@@ -66,11 +66,14 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
     let versions = Versions::detect(&target.repo_dir, &target.state_dir, &target.mongo).await;
     let durability = Durability::detect(&target.kafka, &target.mongo, &target.state_dir, database_pid);
 
+    let stack: Vec<ProcessSpec> = specs.iter().filter(|spec| spec.name != SELF_PROCESS).cloned().collect();
+    let quiet = wait_quiet(&stack, plan, "the floors", progress).await;
     progress(&format!(
         "floors: {} Kafka trips and {} database updates, one at a time",
         plan.floor_samples, plan.floor_samples
     ));
-    let floors = measure_floors(target, plan.floor_samples).await;
+    let mut floors = measure_floors(target, plan.floor_samples).await;
+    floors.quiet = quiet;
     if let Some(error) = floors.kafka_error.as_ref().or(floors.database_error.as_ref()) {
         progress(&format!("a floor could not be measured: {error}"));
     }
@@ -153,8 +156,29 @@ async fn measure_floors(target: &Target, n: usize) -> Floors {
     floors
 }
 
-/// Sets the stock, runs the load through a window while watching the processes, and reads a sample of
-/// timelines.
+/// Waits for a quiet stack before `what` (see [`procs::wait_quiet`]), unless the plan says not to; says so
+/// when it did not become quiet.
+async fn wait_quiet(
+    stack: &[ProcessSpec],
+    plan: &Plan,
+    what: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Option<procs::Quiet> {
+    if plan.quiet_timeout.is_zero() {
+        return None;
+    }
+    let quiet = procs::wait_quiet(stack, plan.quiet_timeout, procs::clock_ticks()).await;
+    if !quiet.quiet {
+        progress(&format!(
+            "the stack was still busy ({:.2} cores) after {:.0} s; measuring {what} anyway",
+            quiet.busy_cores, quiet.waited_s
+        ));
+    }
+    Some(quiet)
+}
+
+/// Waits for a quiet stack, sets the stock, runs the load through a window while watching the processes,
+/// and reads a sample of timelines.
 async fn run_point(
     driver: &Driver,
     mode: Mode,
@@ -164,6 +188,8 @@ async fn run_point(
     ticks: u64,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<PointResult> {
+    let stack: Vec<ProcessSpec> = specs.iter().filter(|spec| spec.name != SELF_PROCESS).cloned().collect();
+    let quiet = wait_quiet(&stack, plan, &format!("{} {}", mode.name(), mode.label()), progress).await;
     let operator = driver.tokens.operator();
     for sku in &plan.skus.in_stock {
         driver.api.set_stock(operator, sku, plan.stock_units).await?;
@@ -187,6 +213,7 @@ async fn run_point(
     let processes = watch.await.unwrap_or_default();
     let mut point = PointResult::from_samples(mode, window, &samples, drain);
     point.processes = processes;
+    point.quiet_before = quiet;
     if let Some(count) = count {
         match count.await.map_err(|e| e.to_string()).and_then(|readings| readings) {
             Ok((before, after)) => {

@@ -50,6 +50,11 @@ struct Args {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     duration: Option<Duration>,
 
+    /// Longest wait for a quiet stack (its processes under a quarter of a core) before the floors and each
+    /// point; 0 does not wait [default: 60s, --smoke 0].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    quiet_timeout: Option<Duration>,
+
     /// Time limit of one order, from due to terminal status [default: 60s].
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     order_timeout: Option<Duration>,
@@ -123,6 +128,7 @@ impl Args {
         plan.warmup = self.warmup.unwrap_or(plan.warmup);
         plan.duration = self.duration.unwrap_or(plan.duration);
         plan.order_timeout = self.order_timeout.unwrap_or(plan.order_timeout);
+        plan.quiet_timeout = self.quiet_timeout.unwrap_or(plan.quiet_timeout);
         plan.mix = self.mix.unwrap_or(plan.mix);
         plan.customers = self.customers.unwrap_or(plan.customers);
         plan.step_sample = self.step_sample.unwrap_or(plan.step_sample);
