@@ -66,8 +66,8 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
     let versions = Versions::detect(&target.repo_dir, &target.state_dir, &target.mongo).await;
     let durability = Durability::detect(&target.kafka, &target.mongo, &target.state_dir, database_pid);
 
-    let stack: Vec<ProcessSpec> = specs.iter().filter(|spec| spec.name != SELF_PROCESS).cloned().collect();
-    let quiet = wait_quiet(&stack, plan, "the floors", progress).await;
+    let ticks = procs::clock_ticks();
+    let quiet = wait_quiet(&specs, plan, ticks, "the floors", progress).await;
     progress(&format!(
         "floors: {} Kafka trips and {} database updates, one at a time",
         plan.floor_samples, plan.floor_samples
@@ -99,7 +99,6 @@ pub async fn run(config: &Config, progress: &(dyn Fn(&str) + Sync)) -> Result<Re
         Err(e) => Err(Error::Config(format!("database client: {e}"))),
     };
     let counters = counters.map_err(|e| progress(&format!("database requests are not counted: {e}"))).ok();
-    let ticks = procs::clock_ticks();
     let mut points = Vec::new();
     let closed = plan.concurrency.iter().map(|c| Mode::Closed { concurrency: *c });
     for mode in closed {
@@ -156,18 +155,20 @@ async fn measure_floors(target: &Target, n: usize) -> Floors {
     floors
 }
 
-/// Waits for a quiet stack before `what` (see [`procs::wait_quiet`]), unless the plan says not to; says so
-/// when it did not become quiet.
+/// Waits for the stack of `specs` (all but this process) to be quiet before `what` (see
+/// [`procs::wait_quiet`]), unless the plan says not to; says so when it did not become quiet.
 async fn wait_quiet(
-    stack: &[ProcessSpec],
+    specs: &[ProcessSpec],
     plan: &Plan,
+    ticks: u64,
     what: &str,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Option<procs::Quiet> {
     if plan.quiet_timeout.is_zero() {
         return None;
     }
-    let quiet = procs::wait_quiet(stack, plan.quiet_timeout, procs::clock_ticks()).await;
+    let stack: Vec<ProcessSpec> = specs.iter().filter(|spec| spec.name != SELF_PROCESS).cloned().collect();
+    let quiet = procs::wait_quiet(&stack, plan.quiet_timeout, ticks).await;
     if !quiet.quiet {
         progress(&format!(
             "the stack was still busy ({:.2} cores) after {:.0} s; measuring {what} anyway",
@@ -188,8 +189,7 @@ async fn run_point(
     ticks: u64,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<PointResult> {
-    let stack: Vec<ProcessSpec> = specs.iter().filter(|spec| spec.name != SELF_PROCESS).cloned().collect();
-    let quiet = wait_quiet(&stack, plan, &format!("{} {}", mode.name(), mode.label()), progress).await;
+    let quiet = wait_quiet(specs, plan, ticks, &format!("{} {}", mode.name(), mode.label()), progress).await;
     let operator = driver.tokens.operator();
     for sku in &plan.skus.in_stock {
         driver.api.set_stock(operator, sku, plan.stock_units).await?;
