@@ -1,5 +1,6 @@
 //! The real document database through the mongodb driver: the operations the saga store and the
-//! participants rely on (unique indexes, findOneAndUpdate guarded by a version, `$inc` and `$push`).
+//! participants rely on (unique indexes, findOneAndUpdate guarded by a version, `$inc` and `$push`, replacements
+//! conditional on a version).
 //! Each test works in a database of its own and drops it at the end.
 
 use mongodb::bson::{Document, doc};
@@ -141,7 +142,9 @@ async fn an_update_command_with_hundreds_of_statements_completes() {
     let updates: Vec<Document> = (0..STATEMENTS)
         .map(|i| {
             let id = format!("saga-{i}");
-            doc! { "q": { "_id": &id, "version": 1_i64 }, "u": { "_id": &id, "version": 2_i64, "n": i } }
+            // `$set`, not a replacement: the patched FerretDB replaces in place without holding a query, so
+            // only an update that reads the document first exercises the statements' queries.
+            doc! { "q": { "_id": &id, "version": 1_i64 }, "u": { "$set": { "version": 2_i64, "n": i } } }
         })
         .collect();
     let command = doc! { "update": "sagas", "updates": updates, "ordered": false };
@@ -159,5 +162,79 @@ async fn an_update_command_with_hundreds_of_statements_completes() {
             .expect("the database answers after the command")
             .expect("count");
     assert_eq!(count, u64::try_from(STATEMENTS).unwrap_or_default());
+    db.drop().await.expect("drop test database");
+}
+
+/// Replaces the document matching `filter` with `replacement`; returns (matched, modified).
+async fn replace(sagas: &mongodb::Collection<Document>, filter: Document, replacement: Document) -> (u64, u64) {
+    let result = sagas.replace_one(filter.clone(), replacement).await.unwrap_or_else(|e| panic!("{filter}: {e}"));
+    (result.matched_count, result.modified_count)
+}
+
+/// The saga store writes every transition as a replacement conditional on `{_id, version}`; the FerretDB
+/// that `ops/mongo/mongo.sh` builds answers such a replacement with one conditional SQL write and falls back
+/// to reading the document whenever that changes nothing. Both paths must give MongoDB's answers, which these
+/// are (the test runs unchanged against a real MongoDB through `MONGODB_URI`).
+#[tokio::test]
+async fn replacements_conditional_on_top_level_fields_follow_the_mongodb_rules() {
+    let (_client, db) = database("replace-if").await;
+    let sagas = db.collection::<Document>("sagas");
+    let oid = mongodb::bson::oid::ObjectId::new();
+    let at = mongodb::bson::DateTime::from_millis(5);
+    sagas
+        .insert_many([
+            doc! { "_id": "a", "version": 1_i64, "x": 1 },
+            doc! { "_id": "b", "version": 1_i32 },
+            doc! { "_id": "c", "version": 1.0_f64 },
+            doc! { "_id": "d", "tags": ["x", "y"] },
+            doc! { "_id": "e", "at": at, "code": "5" },
+            doc! { "_id": "f", "state": "RUNNING" },
+            doc! { "_id": oid, "version": 1_i64 },
+        ])
+        .await
+        .expect("insert");
+    let stored = |id: &str| {
+        let sagas = sagas.clone();
+        let id = id.to_owned();
+        async move { sagas.find_one(doc! { "_id": id }).await.expect("read").expect("exists") }
+    };
+
+    // At the version: replaced, keeping the _id the replacement leaves out.
+    assert_eq!(replace(&sagas, doc! { "_id": "a", "version": 1_i64 }, doc! { "version": 2_i64, "x": 2 }).await, (1, 1));
+    assert_eq!(stored("a").await, doc! { "_id": "a", "version": 2_i64, "x": 2 });
+    // A stale version matches nothing and changes nothing.
+    assert_eq!(replace(&sagas, doc! { "_id": "a", "version": 1_i64 }, doc! { "version": 3_i64 }).await, (0, 0));
+    // The same document again: matched, not modified.
+    let same = doc! { "_id": "a", "version": 2_i64, "x": 2 };
+    assert_eq!(replace(&sagas, doc! { "_id": "a", "version": 2_i64 }, same.clone()).await, (1, 0));
+    assert_eq!(stored("a").await, same);
+    // A condition on a field the document lacks matches nothing.
+    assert_eq!(replace(&sagas, doc! { "_id": "a", "missing": 1_i64 }, doc! { "y": 1 }).await, (0, 0));
+    // Numbers compare by value across types: a 32-bit and a double stored version match a 64-bit condition.
+    assert_eq!(replace(&sagas, doc! { "_id": "b", "version": 1_i64 }, doc! { "version": 2_i64 }).await, (1, 1));
+    assert_eq!(replace(&sagas, doc! { "_id": "c", "version": 1_i64 }, doc! { "version": 2_i64 }).await, (1, 1));
+    assert_eq!(stored("c").await.get_i64("version").ok(), Some(2));
+    // A scalar condition matches an array holding it.
+    assert_eq!(replace(&sagas, doc! { "_id": "d", "tags": "x" }, doc! { "tags": ["z"] }).await, (1, 1));
+    // A date is not a number, a string of digits is not a number either.
+    assert_eq!(replace(&sagas, doc! { "_id": "e", "at": 5_i64 }, doc! { "hit": 1 }).await, (0, 0));
+    assert_eq!(replace(&sagas, doc! { "_id": "e", "code": 5_i64 }, doc! { "hit": 1 }).await, (0, 0));
+    assert_eq!(stored("e").await, doc! { "_id": "e", "at": at, "code": "5" });
+    // String conditions, and an ObjectId _id.
+    assert_eq!(replace(&sagas, doc! { "_id": "f", "state": "DONE" }, doc! { "state": "LOST" }).await, (0, 0));
+    assert_eq!(replace(&sagas, doc! { "_id": "f", "state": "RUNNING" }, doc! { "state": "DONE" }).await, (1, 1));
+    assert_eq!(replace(&sagas, doc! { "_id": oid, "version": 1_i64 }, doc! { "version": 2_i64 }).await, (1, 1));
+    let by_oid = sagas.find_one(doc! { "_id": oid }).await.expect("read").expect("exists");
+    assert_eq!(by_oid.get_i64("version").ok(), Some(2));
+
+    // A replacement may not change the _id: an error, and the document stays as it was.
+    let changed_id =
+        sagas.replace_one(doc! { "_id": "a", "version": 2_i64 }, doc! { "_id": "z", "version": 3_i64 }).await;
+    let error = changed_id.expect_err("changing the _id is refused");
+    assert!(
+        matches!(&*error.kind, ErrorKind::Write(WriteFailure::WriteError(e)) if e.code == 66),
+        "expected ImmutableField (66), got {error}"
+    );
+    assert_eq!(stored("a").await, same);
     db.drop().await.expect("drop test database");
 }
