@@ -13,11 +13,14 @@
 //! that carries it (two do): it is in memory only while the saga is, and never logged.
 //!
 //! A saga the API has just stored is [handed](Handoff) to the cache with its personal data when this
-//! instance owns the saga's partition, so that starting it reads neither from the database.
+//! instance owns the saga's partition, so that starting it reads neither from the database; and its start
+//! message goes straight to the lane of its partition ([`Handoff::start`]) instead of a trip through Kafka.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use proto_events::Message;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::consumer::Ownership;
@@ -119,12 +122,44 @@ impl SagaCache {
 pub struct Handoff {
     ownership: Arc<Ownership>,
     cache: Arc<SagaCache>,
+    starts: Option<mpsc::Sender<HandedStart>>,
 }
+
+/// A saga's start message handed to the engine in-process: see [`Handoff::start`].
+#[derive(Debug, Clone)]
+pub struct HandedStart {
+    /// The saga's partition of `saga.reply`.
+    pub partition: i32,
+    /// The start message, as it would have been published.
+    pub message: Message,
+    /// The W3C `traceparent` of the request that placed the order.
+    pub traceparent: Option<String>,
+}
+
+/// How many handed starts may wait for their lanes; beyond that the API publishes them to Kafka.
+pub const HANDED_STARTS: usize = 1024;
 
 impl Handoff {
     /// Hands to `cache` the new sagas of the partitions in `ownership`.
     pub fn new(ownership: Arc<Ownership>, cache: Arc<SagaCache>) -> Self {
-        Self { ownership, cache }
+        Self { ownership, cache, starts: None }
+    }
+
+    /// The same, also handing the start messages of those sagas to `starts` (the reply consumer applies
+    /// them in the lanes of their partitions).
+    pub fn with_starts(mut self, starts: mpsc::Sender<HandedStart>) -> Self {
+        self.starts = Some(starts);
+        self
+    }
+
+    /// Hands the start message of a saga just stored (and [handed over](Self::stored)) to the engine, if this
+    /// instance owns `partition` and the engine takes starts in-process and has room for it. Returns false
+    /// when it did not: the caller publishes the message to Kafka, as any instance would. A start handed over
+    /// but not applied (the instance stops, the partition moves) is in the saga's stored outbox, so the
+    /// partition's owner publishes it when it recovers the partition, or the start sweep finds the saga.
+    pub fn start(&self, partition: i32, message: Message, traceparent: Option<String>) -> bool {
+        let Some(starts) = &self.starts else { return false };
+        self.ownership.owns(partition) && starts.try_send(HandedStart { partition, message, traceparent }).is_ok()
     }
 
     /// Caches `saga`, just inserted as it is, with the order's personal data, if this instance owns its
@@ -213,6 +248,39 @@ mod tests {
         assert_eq!(cache.get(owned.id), Some(owned.clone()));
         assert_eq!(cache.pii(owned.id), Some(order_pii()));
         assert_eq!(cache.get(other.id), None, "not this instance's partition");
+    }
+
+    fn start_message(saga: &SagaRecord) -> Message {
+        let meta = proto_events::Meta {
+            message_id: proto_events::ids::new_v7(),
+            saga_id: saga.id,
+            step: 0,
+            attempt: 0,
+            correlation_id: saga.correlation_id,
+            causation_id: None,
+            time: saga.created_at,
+        };
+        Message::new(meta, proto_events::Body::Start(proto_events::StartSaga {})).expect("a valid start")
+    }
+
+    #[test]
+    fn a_start_is_handed_over_only_in_an_owned_partition_while_the_engine_has_room() {
+        let (ownership, cache) = (Arc::new(Ownership::default()), Arc::new(SagaCache::default()));
+        ownership.assign(&[1]);
+        let (owned, other) = (saga(1, Phase::Started), saga(2, Phase::Started));
+        let without = Handoff::new(ownership.clone(), cache.clone());
+        assert!(!without.start(1, start_message(&owned), None), "no engine takes starts: publish it");
+
+        let (starts, mut handed) = mpsc::channel(1);
+        let handoff = Handoff::new(ownership.clone(), cache.clone()).with_starts(starts);
+        assert!(!handoff.start(2, start_message(&other), None), "not this instance's partition");
+        assert!(handoff.start(1, start_message(&owned), Some("00-trace".into())));
+        assert!(!handoff.start(1, start_message(&owned), None), "no room: publish it");
+        let start = handed.try_recv().expect("handed over");
+        assert_eq!((start.partition, start.message.meta.saga_id), (1, owned.id));
+        assert_eq!(start.traceparent.as_deref(), Some("00-trace"));
+        drop(handed);
+        assert!(!handoff.start(1, start_message(&owned), None), "the consumer stopped: publish it");
     }
 
     #[test]

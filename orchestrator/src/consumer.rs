@@ -5,6 +5,10 @@
 //! order), so that the sagas of different partitions progress side by side while one waits for the
 //! database or Kafka.
 //!
+//! Start messages of sagas this instance's API has just stored in an owned partition are
+//! [handed over](crate::cache::Handoff::start) in-process and applied in their partition's lane, in their
+//! turn with its messages, without a trip through Kafka.
+//!
 //! An offset is stored only after the message's transition is durable; librdkafka commits stored offsets.
 //! A transient failure (database or Kafka down) retries the same message with exponential back-off and
 //! never moves past it. Undecodable messages go to `saga.reply.dlq`. The sagas whose
@@ -28,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cache::SagaCache;
+use crate::cache::{HandedStart, SagaCache};
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
 use crate::settle::{SETTLE_BATCH, SETTLE_SLACK, Settlement, Unsettled};
@@ -131,6 +135,7 @@ impl ConsumerContext for RebalanceContext {
 pub struct ReplyConsumer {
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     rebalanced: mpsc::UnboundedReceiver<Rebalanced>,
+    starts: Option<mpsc::Receiver<HandedStart>>,
     worker: Arc<Worker>,
 }
 
@@ -168,13 +173,20 @@ impl ReplyConsumer {
             settings.service_consumer_config(group_id).create_with_context(context)?;
         consumer.subscribe(&[&topic])?;
         let worker = Arc::new(Worker { engine, publisher, metrics });
-        Ok(Self { consumer: Arc::new(consumer), rebalanced, worker })
+        Ok(Self { consumer: Arc::new(consumer), rebalanced, starts: None, worker })
+    }
+
+    /// The same consumer, also applying the start messages handed over through `starts` (see
+    /// [`crate::cache::Handoff::with_starts`]).
+    pub fn with_starts(mut self, starts: mpsc::Receiver<HandedStart>) -> Self {
+        self.starts = Some(starts);
+        self
     }
 
     /// Applies messages until `shutdown` is cancelled; the messages in hand are finished first, then every
     /// saga waiting for it is settled.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { consumer, mut rebalanced, worker } = self;
+        let Self { consumer, mut rebalanced, mut starts, worker } = self;
         let mut lanes = Lanes::new(Arc::clone(&consumer), Arc::clone(&worker), shutdown.clone());
         loop {
             let settle_in = worker
@@ -186,6 +198,14 @@ impl ReplyConsumer {
                 () = shutdown.cancelled() => break,
                 Some(change) = rebalanced.recv() => {
                     lanes.rebalanced(change).await;
+                    continue;
+                }
+                Some(start) = next_start(&mut starts) => {
+                    // Revoked since the API handed it over: the saga's next owner publishes the start from
+                    // the saga's outbox when it recovers the partition (the saga was stored before).
+                    if consumer.context().ownership.owns(start.partition) {
+                        lanes.send(start.partition, Job::Start(start)).await;
+                    }
                     continue;
                 }
                 () = sleep_or_never(settle_in) => {
@@ -220,6 +240,9 @@ impl ReplyConsumer {
     }
 }
 
+/// The offset recorded as the origin of a start handed over in-process (it was read from no topic).
+pub const HANDED_OVER: i64 = -1;
+
 /// Messages waiting in a lane at most; the consumer waits when one is full.
 const LANE_CAPACITY: usize = 256;
 
@@ -229,6 +252,8 @@ enum Job {
     Apply(OwnedMessage),
     /// Settle sagas of the lane's partition.
     Settle(Vec<Settlement>),
+    /// Apply a start message handed over by this instance's API (no offset to store).
+    Start(HandedStart),
 }
 
 /// One task per owned partition applying its messages in order; see the [module](self).
@@ -301,6 +326,7 @@ impl Lanes {
         let (jobs, mut queue) = mpsc::channel::<Job>(LANE_CAPACITY);
         let stop = self.shutdown.child_token();
         let (consumer, worker, token) = (Arc::clone(&self.consumer), Arc::clone(&self.worker), stop.clone());
+        let topic = consumer.context().topic.clone();
         let task = tokio::spawn(async move {
             loop {
                 let job = tokio::select! {
@@ -317,6 +343,11 @@ impl Lanes {
                         }
                     }
                     Job::Settle(settlements) => worker.engine.settle_batch(settlements).await,
+                    Job::Start(start) => {
+                        if !worker.start(&topic, start, &token).await {
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -337,6 +368,20 @@ impl Lanes {
         for task in tasks {
             let _ = task.await;
         }
+    }
+}
+
+/// The next start handed over, or never without a channel (or once it is closed).
+async fn next_start(starts: &mut Option<mpsc::Receiver<HandedStart>>) -> Option<HandedStart> {
+    match starts {
+        Some(receiver) => match receiver.recv().await {
+            Some(start) => Some(start),
+            None => {
+                *starts = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -405,6 +450,42 @@ impl Worker {
                 true
             }
             Err(Stop::Permanent(error)) => self.dead_letter(message, &error.to_string(), shutdown).await,
+            Err(Stop::Shutdown) => false,
+        }
+    }
+
+    /// Applies a start message handed over by this instance's API, read from nowhere: its origin names the
+    /// partition and [`HANDED_OVER`] for an offset. Returns false if shutdown interrupted the retries. A start
+    /// that cannot be applied for good is left to the start sweep (the saga stays stored, not started).
+    async fn start(&self, topic: &str, start: HandedStart, shutdown: &CancellationToken) -> bool {
+        let HandedStart { partition, message, traceparent } = start;
+        let span = tracing::info_span!(
+            "saga.start",
+            otel.kind = "internal",
+            partition,
+            saga_id = tracing::field::Empty,
+            order_id = tracing::field::Empty,
+            correlation_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        platform::telemetry::continue_trace(
+            &span,
+            platform::telemetry::context_from_traceparent(traceparent.as_deref()),
+        );
+        platform::telemetry::record_saga(&span, message.meta.saga_id, message.meta.correlation_id);
+        let origin = Origin { topic: topic.to_owned(), partition, offset: HANDED_OVER };
+        let engine = self.engine.clone();
+        let applied =
+            retry_until_done(shutdown, "applying a start", || engine.handle(&message, &origin)).instrument(span).await;
+        match applied {
+            Ok(outcome) => {
+                tracing::debug!(?outcome, saga_id = %message.meta.saga_id, "handed start applied");
+                true
+            }
+            Err(Stop::Permanent(error)) => {
+                tracing::error!(%error, saga_id = %message.meta.saga_id, "a handed start cannot be applied");
+                true
+            }
             Err(Stop::Shutdown) => false,
         }
     }

@@ -109,7 +109,8 @@ impl Application {
         )
         .with_settle_after(settings.settle_after);
         let ownership = Arc::new(Ownership::default());
-        let handoff = cache::Handoff::new(ownership.clone(), engine.cache().clone());
+        let (starts, handed_starts) = tokio::sync::mpsc::channel(cache::HANDED_STARTS);
+        let handoff = cache::Handoff::new(ownership.clone(), engine.cache().clone()).with_starts(starts);
         let consumer = ReplyConsumer::new(
             &settings.kafka,
             &settings.group_id,
@@ -118,7 +119,8 @@ impl Application {
             ownership.clone(),
             deadlines.clone(),
             metrics.clone(),
-        )?;
+        )?
+        .with_starts(handed_starts);
         let timer = Timer::new(store.clone(), bus.clone(), clock.clone(), ownership, deadlines, settings.timer);
         let live = Arc::new(live::LiveEvents::default());
         let retention =

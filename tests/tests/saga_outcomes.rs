@@ -99,10 +99,11 @@ async fn commands_and_replies_delivered_twice_change_nothing() {
     finished(&stack, happy, "COMPLETED").await;
     finished(&stack, cancelled, "CANCELLED").await;
     // Wait until every message of both sagas has been copied. A copied command makes its participant reply
-    // again, and that reply is copied too: the completed saga has 1 start, 3 commands and 6 replies to copy
-    // (10), the cancelled one 1 start, 5 commands and 10 replies (16).
+    // again, and that reply is copied too: the completed saga has 3 commands and 6 replies to copy (9), the
+    // cancelled one 5 commands and 10 replies (15). (Their starts do not go through Kafka: the orchestrator
+    // owns every partition, so its API hands them to its engine.)
     tests::eventually("copies of every command and reply", FINISH, || async {
-        (duplicator.copies() >= 26).then_some(())
+        (duplicator.copies() >= 24).then_some(())
     })
     .await;
 

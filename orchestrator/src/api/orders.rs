@@ -194,13 +194,12 @@ async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]
         shipping_address: order.shipping_address.clone(),
         payment_token: order.payment_token.clone(),
     };
-    if store_order(app, &saga, &pii).await?
-        && let Some(handoff) = &app.handoff
-    {
+    let stored = store_order(app, &saga, &pii).await?;
+    if stored && let Some(handoff) = &app.handoff {
         handoff.stored(&saga, pii);
     }
     app.metrics.sagas_created.inc();
-    publish_start(app, &saga).await;
+    start(app, &saga, stored).await;
     Ok((placed(&saga), true))
 }
 
@@ -311,9 +310,11 @@ async fn store_order(app: &AppState, saga: &SagaRecord, pii: &OrderPii) -> Resul
     }
 }
 
-/// Publishes the saga's start message. If this fails the saga is still stored: the owner of its partition
-/// starts it after the start grace period.
-async fn publish_start(app: &AppState, saga: &SagaRecord) {
+/// Starts the saga: hands its start message to this instance's engine when it owns the saga's partition and
+/// the saga was `stored` by this request (see [`crate::cache::Handoff::start`]), else publishes it. If
+/// publishing fails the saga is still stored: the owner of its partition starts it after the start grace
+/// period.
+async fn start(app: &AppState, saga: &SagaRecord, stored: bool) {
     let Some(entry) = saga.outbox.first() else { return };
     let meta = Meta {
         message_id: entry.message_id,
@@ -325,6 +326,10 @@ async fn publish_start(app: &AppState, saga: &SagaRecord) {
         time: entry.time,
     };
     let message = Message::new(meta, Body::Start(StartSaga {})).expect("a start message is valid");
+    let handoff = app.handoff.as_ref().filter(|_| stored);
+    if handoff.is_some_and(|handoff| handoff.start(saga.partition, message.clone(), saga.traceparent.clone())) {
+        return;
+    }
     if let Err(error) = app.bus.publish(topics::REPLY, &message).await {
         tracing::warn!(%error, "cannot publish the saga start; the timer will start it");
     }

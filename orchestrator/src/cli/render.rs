@@ -189,10 +189,14 @@ fn kind(entry: &LogEntry) -> String {
     serde_json::to_value(entry.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-/// `inventory.reserved saga.reply/3@101 (succeeded)`.
+/// `inventory.reserved saga.reply/3@101 (succeeded)`; a start the API handed to the engine in-process, read
+/// from no topic, `saga.start saga.reply/3 (handed over)`.
 fn received(entry: &LogEntry) -> String {
     let Some(r) = &entry.received else { return "-".to_owned() };
     let outcome = r.outcome.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
+    if r.offset == orchestrator::consumer::HANDED_OVER {
+        return format!("{} {}/{} (handed over){outcome}", r.message_type, r.topic, r.partition);
+    }
     format!("{} {}/{}@{}{outcome}", r.message_type, r.topic, r.partition, r.offset)
 }
 
@@ -428,6 +432,37 @@ mod tests {
         assert_eq!(age(920), "15m20s");
         assert_eq!(age(7500), "2h05m");
         assert_eq!(age(3 * 86_400 + 4 * 3600 + 59), "3d4h");
+    }
+
+    #[test]
+    fn a_received_message_names_where_it_was_read_and_a_handed_start_says_so() {
+        let entry = |offset: i64, outcome: Option<&str>| LogEntry {
+            saga_id: uuid::Uuid::nil(),
+            seq: 2,
+            at: at("2026-11-27T10:11:09.638Z"),
+            kind: orchestrator::model::EntryKind::Transition,
+            from: "STARTED".into(),
+            to: "RUNNING".into(),
+            step: Some(0),
+            attempt: Some(1),
+            received: Some(orchestrator::model::Received {
+                message_id: uuid::Uuid::nil(),
+                message_type: "saga.start".into(),
+                topic: "saga.reply".into(),
+                partition: 4,
+                offset,
+                step: 0,
+                attempt: 0,
+                outcome: outcome.map(str::to_owned),
+            }),
+            sent: Vec::new(),
+            note: None,
+        };
+        assert_eq!(received(&entry(52_324, Some("succeeded"))), "saga.start saga.reply/4@52324 (succeeded)");
+        assert_eq!(
+            received(&entry(orchestrator::consumer::HANDED_OVER, None)),
+            "saga.start saga.reply/4 (handed over)"
+        );
     }
 
     #[test]
