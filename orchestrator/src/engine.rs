@@ -29,6 +29,7 @@ use crate::bus::Bus;
 use crate::cache::SagaCache;
 use crate::clock::Clock;
 use crate::definitions::Definitions;
+use crate::live::{LiveEvents, StatusChange};
 use crate::metrics::{AttemptOutcome, FenceLabel, Metrics, StepLabel, TopicLabel, step_label};
 use crate::model::{EntryKind, LogEntry, OrderPii, OutboxEntry, Outgoing, Received, SagaRecord, Sent};
 use crate::settle::{DEFAULT_SETTLE_AFTER, SETTLE_BATCH, SETTLE_SLACK, Settlement, Unsettled};
@@ -105,6 +106,7 @@ pub struct Engine {
     cache: Arc<SagaCache>,
     unsettled: Arc<Unsettled>,
     settle_after: std::time::Duration,
+    live: Option<Arc<LiveEvents>>,
 }
 
 impl Engine {
@@ -127,7 +129,15 @@ impl Engine {
             cache: Arc::new(SagaCache::default()),
             unsettled: Arc::new(Unsettled::default()),
             settle_after: DEFAULT_SETTLE_AFTER,
+            live: None,
         }
+    }
+
+    /// The same engine, also handing the status changes it publishes to `live` (this instance's event
+    /// streams) once they are durable, without waiting for them to come back from `saga.event`.
+    pub fn with_live(mut self, live: Arc<LiveEvents>) -> Self {
+        self.live = Some(live);
+        self
     }
 
     /// The same engine, settling a saga `after` its first unsettled transition (zero: right away).
@@ -220,6 +230,10 @@ impl Engine {
         let mut messages = Vec::with_capacity(saga.outbox.len());
         for entry in &saga.outbox {
             messages.push(self.build(saga, entry).await?);
+        }
+        // The saga is written: its clients on this instance may learn its new status now.
+        if let Some(live) = &self.live {
+            messages.iter().filter_map(|(_, message)| StatusChange::of(message)).for_each(|c| live.publish(c));
         }
         let sends = messages.iter().map(|(topic, message)| self.bus.publish(topic, message));
         let delivered = futures_util::future::try_join_all(sends).await?;

@@ -99,6 +99,7 @@ impl Application {
         let bus = Arc::new(KafkaBus::new(publisher.clone()));
         let clock = Arc::new(SystemClock);
         let deadlines = Arc::new(Deadlines::default());
+        let live = Arc::new(live::LiveEvents::default());
         let engine = Engine::new(
             store.clone(),
             bus.clone(),
@@ -107,7 +108,8 @@ impl Application {
             metrics.clone(),
             deadlines.clone(),
         )
-        .with_settle_after(settings.settle_after);
+        .with_settle_after(settings.settle_after)
+        .with_live(live.clone());
         let ownership = Arc::new(Ownership::default());
         let (starts, handed_starts) = tokio::sync::mpsc::channel(cache::HANDED_STARTS);
         let handoff = cache::Handoff::new(ownership.clone(), engine.cache().clone()).with_starts(starts);
@@ -122,7 +124,6 @@ impl Application {
         )?
         .with_starts(handed_starts);
         let timer = Timer::new(store.clone(), bus.clone(), clock.clone(), ownership, deadlines, settings.timer);
-        let live = Arc::new(live::LiveEvents::default());
         let retention =
             retention::Retention::new(store.clone(), clock.clone(), settings.retention, metrics.pii_purged.clone());
         let gauges = gauges::SagaGauges::new(store.clone(), clock.clone(), metrics.clone(), settings.gauge_interval)

@@ -1,6 +1,9 @@
 //! Live order status: every orchestrator instance reads all of `saga.event` (no consumer group: it keeps no
 //! offsets and reads from the end) and fans each status change out to the server-sent-event streams of its
-//! own clients. So a client can follow any order from any instance, whichever instance owns the saga.
+//! own clients. So a client can follow any order from any instance, whichever instance owns the saga. The
+//! instance that owns the saga also hands each change to its own clients as soon as the transition is
+//! durable, before publishing it (see [`crate::engine::Engine::with_live`]); streams send each saga version
+//! once, so the copy read back from `saga.event` is skipped there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +53,22 @@ impl Default for LiveEvents {
     }
 }
 
+impl StatusChange {
+    /// The status change a `saga.event` message announces, if it is one.
+    pub fn of(message: &Message) -> Option<Self> {
+        let Body::Transitioned(event) = &message.body else { return None };
+        Some(Self {
+            order_id: message.meta.saga_id,
+            status: event.status,
+            state: event.to.clone(),
+            step: event.step_name.clone(),
+            reason: event.reason.clone(),
+            version: event.version,
+            at: message.meta.time,
+        })
+    }
+}
+
 impl LiveEvents {
     /// A receiver of every change published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {
@@ -94,16 +113,8 @@ pub async fn run(settings: KafkaSettings, live: Arc<LiveEvents>, shutdown: Cance
             }
         };
         let Ok(decoded) = Message::decode(message.payload().unwrap_or_default()) else { continue };
-        if let Body::Transitioned(event) = decoded.body {
-            live.publish(StatusChange {
-                order_id: decoded.meta.saga_id,
-                status: event.status,
-                state: event.to,
-                step: event.step_name,
-                reason: event.reason,
-                version: event.version,
-                at: decoded.meta.time,
-            });
+        if let Some(change) = StatusChange::of(&decoded) {
+            live.publish(change);
         }
     }
 }

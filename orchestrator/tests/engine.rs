@@ -286,6 +286,29 @@ async fn an_order_reserves_charges_and_ships_then_completes() {
 /// The API hands the saga it stored, with the order's personal data, to the engine of the instance that owns
 /// its partition: starting it and sending the payment its token read nothing from the store.
 #[tokio::test]
+async fn the_engine_hands_each_status_change_to_its_own_event_streams_once_it_is_written() {
+    let h = Harness::new();
+    let live = Arc::new(orchestrator::live::LiveEvents::default());
+    let engine = h.engine.clone().with_live(live.clone());
+    let mut changes = live.subscribe();
+    let (id, start) = h.place_and_take_start().await;
+    let origin = engine::Origin { topic: "saga.reply".into(), partition: partition_of(id), offset: 7 };
+    let outcome = engine.handle(&start, &origin).await.expect("the start is applied");
+    assert_eq!(outcome, transitioned("STARTED", "RUNNING"));
+
+    let change = changes.try_recv().expect("the change reached this instance's streams");
+    let published = Published::split(h.bus.take());
+    let [event] = published.events.as_slice() else { panic!("one event: {:?}", published.events) };
+    assert_eq!(change.order_id, id);
+    assert_eq!(
+        (change.state.as_str(), change.status, change.version),
+        (event.to.as_str(), event.status, event.version)
+    );
+    assert_eq!(change.version, h.record(id).await.version, "the version as written");
+    assert!(changes.try_recv().is_err(), "one change per transition");
+}
+
+#[tokio::test]
 async fn a_saga_handed_over_by_the_api_runs_on_its_cached_copy_and_personal_data() {
     let h = Harness::handing_off();
     let (id, start) = h.place_and_take_start().await;
