@@ -147,6 +147,38 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets open requests finish.
+///
+/// Every connection is set `TCP_NODELAY`: an event stream writes each event as it happens, and with Nagle's
+/// algorithm an event waits for the acknowledgement of the previous one, which a client on a kept-alive
+/// connection delays (Linux: up to 40 ms). Measured with the benchmark's pooled client at one order in
+/// flight: the terminal event of an order came 20 to 40 ms late.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(no_delay);
     axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+}
+
+/// Sets `TCP_NODELAY` on an accepted connection (see [`serve`]).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(error) = tcp.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (mut server, _) = accepted.expect("accept");
+        let _client = client.expect("connect");
+        assert!(!server.nodelay().expect("read TCP_NODELAY"), "Nagle's algorithm is on by default");
+        no_delay(&mut server);
+        assert!(server.nodelay().expect("read TCP_NODELAY"));
+    }
 }
