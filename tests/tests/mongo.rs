@@ -238,3 +238,47 @@ async fn replacements_conditional_on_top_level_fields_follow_the_mongodb_rules()
     assert_eq!(stored("a").await, same);
     db.drop().await.expect("drop test database");
 }
+
+/// Writers of one database at once: inserts, conditional replacements, deletes and a collection with an
+/// index created meanwhile. The patched FerretDB runs a database's writes one at a time (a queue instead of
+/// SQLite's sleeping busy handler); none may be lost, fail or wait forever.
+#[tokio::test]
+async fn concurrent_writers_of_one_database_all_finish_and_lose_nothing() {
+    const WRITERS: i64 = 12;
+    const DOCS: i64 = 20;
+    let (_client, db) = database("concurrent-writers").await;
+    let sagas = db.collection::<Document>("sagas");
+    let writer = |w: i64| {
+        let sagas = sagas.clone();
+        async move {
+            let docs: Vec<Document> =
+                (0..DOCS).map(|i| doc! { "_id": format!("w{w}-{i}"), "version": 1_i64, "writer": w }).collect();
+            sagas.insert_many(docs).await.expect("insert");
+            for i in 0..DOCS {
+                let id = format!("w{w}-{i}");
+                let replacement = doc! { "_id": &id, "version": 2_i64, "writer": w, "step": i };
+                let updated = sagas.replace_one(doc! { "_id": &id, "version": 1_i64 }, replacement).await;
+                assert_eq!(updated.expect("replace").modified_count, 1, "{id}");
+            }
+            let odd: Vec<Document> =
+                (0..DOCS).filter(|i| i % 2 == 1).map(|i| doc! { "_id": format!("w{w}-{i}") }).collect();
+            let deleted = sagas.delete_many(doc! { "$or": odd }).await.expect("delete");
+            assert_eq!(deleted.deleted_count, u64::try_from(DOCS / 2).unwrap_or_default());
+        }
+    };
+    let ddl = async {
+        let other = db.collection::<Document>("created_meanwhile");
+        other.insert_one(doc! { "_id": "first", "state": "STARTED" }).await.expect("create by insert");
+        let index = IndexModel::builder().keys(doc! { "state": 1 }).build();
+        other.create_index(index).await.expect("create index");
+    };
+    let all = async { tokio::join!(futures_util::future::join_all((0..WRITERS).map(writer)), ddl) };
+    tokio::time::timeout(std::time::Duration::from_secs(120), all).await.expect("every writer finished within 120 s");
+
+    let left = sagas.count_documents(doc! { "version": 2_i64 }).await.expect("count");
+    assert_eq!(left, u64::try_from(WRITERS * DOCS / 2).unwrap_or_default(), "every even document, replaced");
+    assert_eq!(sagas.count_documents(doc! { "version": 1_i64 }).await.expect("count"), 0);
+    let created = db.collection::<Document>("created_meanwhile").count_documents(doc! {}).await.expect("count");
+    assert_eq!(created, 1);
+    db.drop().await.expect("drop test database");
+}
