@@ -12,8 +12,9 @@
 //! An offset is stored only after the message's transition is durable; librdkafka commits stored offsets.
 //! A transient failure (database or Kafka down) retries the same message with exponential back-off and
 //! never moves past it. Undecodable messages go to `saga.reply.dlq`. The sagas whose
-//! [settlement](crate::settle) is due are settled in their partition's lane, between its messages, and all
-//! of them before the consumer leaves the group.
+//! [settlement](crate::settle) is due are settled in their partition's lane, a few at a time while it has no
+//! message waiting and in larger batches between messages when they keep coming (see
+//! [`LaneBacklog`]), and all of them before the consumer leaves the group.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -28,14 +29,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cache::{HandedStart, SagaCache};
 use crate::engine::{Engine, Origin, Outcome};
 use crate::metrics::{Metrics, TopicLabel};
-use crate::settle::{SETTLE_BATCH, SETTLE_SLACK, Settlement, Unsettled};
+use crate::settle::{LaneBacklog, SETTLE_BATCH, SETTLE_SLACK, Settlement, Unsettled};
 use crate::timers::Deadlines;
 
 /// The partitions of `saga.reply` this instance owns right now.
@@ -262,14 +265,16 @@ struct Lanes {
     worker: Arc<Worker>,
     shutdown: CancellationToken,
     running: HashMap<i32, Lane>,
-    /// Lanes of revoked partitions finishing the message in hand.
-    retiring: HashMap<i32, JoinHandle<()>>,
+    /// Lanes of revoked partitions finishing the message in hand (what they leave unsettled is the next
+    /// owner's to recover).
+    retiring: HashMap<i32, JoinHandle<Vec<Settlement>>>,
 }
 
 struct Lane {
     jobs: mpsc::Sender<Job>,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Ends with the settlements the lane had not settled yet.
+    task: JoinHandle<Vec<Settlement>>,
 }
 
 impl Lanes {
@@ -328,44 +333,78 @@ impl Lanes {
         let (consumer, worker, token) = (Arc::clone(&self.consumer), Arc::clone(&self.worker), stop.clone());
         let topic = consumer.context().topic.clone();
         let task = tokio::spawn(async move {
+            let mut backlog = LaneBacklog::default();
             loop {
-                let job = tokio::select! {
-                    () = token.cancelled() => return,
-                    job = queue.recv() => match job { Some(job) => job, None => return },
+                let job = if backlog.is_empty() {
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        job = queue.recv() => match job { Some(job) => job, None => break },
+                    }
+                } else if token.is_cancelled() {
+                    break;
+                } else {
+                    match queue.try_recv() {
+                        Ok(job) => {
+                            let due = backlog.busy(Instant::now());
+                            if !due.is_empty() {
+                                let t0 = Instant::now();
+                                let n = due.len();
+                                worker.engine.settle_batch(due).await;
+                                tracing::info!(n, us = t0.elapsed().as_micros() as u64, "PROBE busy settle");
+                            }
+                            job
+                        }
+                        Err(TryRecvError::Empty) => {
+                            let t0 = Instant::now();
+                            let chunk = backlog.idle(Instant::now());
+                            let n = chunk.len();
+                            worker.engine.settle_batch(chunk).await;
+                            tracing::info!(n, us = t0.elapsed().as_micros() as u64, "PROBE idle settle");
+                            continue;
+                        }
+                        Err(TryRecvError::Disconnected) => break,
+                    }
                 };
                 match job {
                     Job::Apply(message) => {
                         if !worker.process(&message, &token).await {
-                            return;
+                            break;
                         }
                         if let Err(error) = consumer.store_offset(message.topic(), partition, message.offset()) {
                             tracing::warn!(%error, partition, "cannot store offset (partition revoked?)");
                         }
                     }
-                    Job::Settle(settlements) => worker.engine.settle_batch(settlements).await,
+                    Job::Settle(settlements) => backlog.add(settlements, Instant::now()),
                     Job::Start(start) => {
                         if !worker.start(&topic, start, &token).await {
-                            return;
+                            break;
                         }
                     }
                 }
             }
+            backlog.drain()
         });
         Lane { jobs, stop, task }
     }
 
-    /// Stops every lane after the message in hand.
+    /// Stops every lane after the message in hand; the settlements the running lanes leave go back to the
+    /// engine's, for the consumer's last settling.
     async fn stop(&mut self) {
-        let tasks: Vec<JoinHandle<()>> = self
+        let running: Vec<JoinHandle<Vec<Settlement>>> = self
             .running
             .drain()
             .map(|(_, lane)| {
                 lane.stop.cancel();
                 lane.task
             })
-            .chain(self.retiring.drain().map(|(_, task)| task))
             .collect();
-        for task in tasks {
+        let now = chrono::Utc::now();
+        for task in running {
+            for settlement in task.await.unwrap_or_default() {
+                self.worker.engine.unsettled().retry(settlement, now);
+            }
+        }
+        for (_, task) in self.retiring.drain() {
             let _ = task.await;
         }
     }

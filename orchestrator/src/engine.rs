@@ -208,7 +208,11 @@ impl Engine {
         self.publish(&mut next).await?;
         if !self.unsettled.defer(&next, now, self.settle_after) {
             self.settle_now(&Settlement::of(&next, now)).await?;
-            next.pending_log.clear();
+            // A saga that finished for good keeps its pending timeline in its finished copy: so does the
+            // cached one, which a late note would write back.
+            if !next.state.phase.is_final() {
+                next.pending_log.clear();
+            }
         }
         let outcome = outcome(&saga, &next, &actions);
         self.cache.put(next);
@@ -292,23 +296,14 @@ impl Engine {
         Ok(cleared)
     }
 
-    /// Settles finished sagas together: appends their timeline entries in one request and moves them to the
-    /// finished sagas in a few (see [`SagaStore::move_finished`]). Returns the settlements of the sagas that
-    /// were not at their settlement's version any more.
+    /// Settles finished sagas together: moves them to the finished sagas, their timeline entries not in the
+    /// log with them, in two requests (see [`SagaStore::move_finished`]). Returns the settlements of the sagas
+    /// that were not at their settlement's version any more. The cached copies keep their pending timeline,
+    /// as the finished copies do.
     async fn move_finished(&self, settlements: &[Settlement]) -> Result<Vec<Settlement>, Error> {
-        let log: Vec<LogEntry> = settlements.iter().flat_map(|s| s.log.iter().cloned()).collect();
-        self.store.append_log(&log).await?;
         let sagas: Vec<SagaRecord> = settlements.iter().filter_map(|s| s.finished.as_deref().cloned()).collect();
         let moved = self.store.move_finished(&sagas).await?;
-        let mut left = Vec::new();
-        for settlement in settlements {
-            if moved.contains(&settlement.saga_id) {
-                self.cache.settled(settlement.saga_id, settlement.version);
-            } else {
-                left.push(settlement.clone());
-            }
-        }
-        Ok(left)
+        Ok(settlements.iter().filter(|s| !moved.contains(&s.saga_id)).cloned().collect())
     }
 
     /// Settles the sagas whose settlement is due at `now` (every one with `DateTime::MAX_UTC`, as before

@@ -5,8 +5,9 @@
 //! the next transition's write carries the entries along and drops the published outbox. Settling a saga in
 //! flight costs three database requests on FerretDB (the timeline insert, a version read and the update); a
 //! saga of four quick transitions saves nine of them. Sagas that finished for good move to the finished
-//! sagas when settled, those settled together in one batch (see [`crate::store::SagaStore::move_finished`]);
-//! settlements due within [`SETTLE_SLACK`] of each other are taken together for that.
+//! sagas when settled, with the timeline entries they hold (no timeline write), those settled together in
+//! one batch (see [`crate::store::SagaStore::move_finished`]); settlements due within [`SETTLE_SLACK`] of
+//! each other are taken together for that.
 //!
 //! What deferral changes: an instance that crashes, or loses a partition, before it settled leaves those
 //! sagas "pending", and the next owner's recovery publishes their outbox again. Every message keeps its
@@ -182,6 +183,67 @@ impl Unsettled {
     }
 }
 
+/// Settlements a lane settles at once while no message waits: few, so that a message arriving meanwhile
+/// waits for little (a settlement of finished sagas holds three requests, whatever its size).
+pub const IDLE_CHUNK: usize = 4;
+
+/// Settlements a lane settles at once between messages when messages keep coming: many, so that sagas
+/// settle in few requests under load.
+pub const BUSY_CHUNK: usize = 64;
+
+/// The settlements handed to one partition's lane and not settled yet. The lane settles them while its
+/// queue of messages is empty, [`IDLE_CHUNK`] at a time; when messages keep coming it settles
+/// [`BUSY_CHUNK`] between two of them once that many wait or the oldest has waited [`SETTLE_SLACK`]. So a
+/// lane never holds a message back for a large settlement while it could have done it idle (at one order
+/// in flight, a batch of finished sagas settled between two messages held the next saga's reply for tens
+/// of milliseconds), and under load the sagas still settle in large batches.
+#[derive(Debug, Default)]
+pub struct LaneBacklog {
+    settlements: std::collections::VecDeque<Settlement>,
+    /// When the oldest settlement waiting was handed over.
+    since: Option<tokio::time::Instant>,
+}
+
+impl LaneBacklog {
+    /// Adds settlements handed over at `now`.
+    pub fn add(&mut self, settlements: Vec<Settlement>, now: tokio::time::Instant) {
+        if !settlements.is_empty() && self.settlements.is_empty() {
+            self.since = Some(now);
+        }
+        self.settlements.extend(settlements);
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.settlements.is_empty()
+    }
+
+    /// The next settlements to settle while no message waits.
+    pub fn idle(&mut self, now: tokio::time::Instant) -> Vec<Settlement> {
+        self.take(IDLE_CHUNK, now)
+    }
+
+    /// The settlements to settle before the next message, at `now`: none unless [`BUSY_CHUNK`] wait or the
+    /// oldest has waited [`SETTLE_SLACK`].
+    pub fn busy(&mut self, now: tokio::time::Instant) -> Vec<Settlement> {
+        let overdue = self.since.is_some_and(|since| now.saturating_duration_since(since) >= SETTLE_SLACK);
+        if self.settlements.len() >= BUSY_CHUNK || overdue { self.take(BUSY_CHUNK, now) } else { Vec::new() }
+    }
+
+    /// Every settlement waiting (the lane stops).
+    pub fn drain(&mut self) -> Vec<Settlement> {
+        self.since = None;
+        self.settlements.drain(..).collect()
+    }
+
+    fn take(&mut self, limit: usize, now: tokio::time::Instant) -> Vec<Settlement> {
+        let taken: Vec<Settlement> = self.settlements.drain(..limit.min(self.settlements.len())).collect();
+        // What is left counts as handed over now: it waits for its turn, not for more to come.
+        self.since = (!self.settlements.is_empty()).then_some(now);
+        taken
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proto_events::commands::Currency;
@@ -291,5 +353,32 @@ mod tests {
         unsettled.defer(&a, at(0), AFTER);
         unsettled.remove(a.id);
         assert!(unsettled.is_empty() && unsettled.next_due().is_none());
+    }
+
+    #[test]
+    fn a_lane_settles_a_few_at_a_time_when_idle_and_many_at_once_under_load() {
+        let start = tokio::time::Instant::now();
+        let later = |d: Duration| start + d;
+        let settlements =
+            |n: usize| -> Vec<Settlement> { (0..n).map(|_| Settlement::of(&saga(0, 2, 1), at(0))).collect() };
+        let mut backlog = LaneBacklog::default();
+        assert!(backlog.is_empty() && backlog.idle(start).is_empty() && backlog.busy(start).is_empty());
+
+        let handed = settlements(10);
+        let first: Vec<Uuid> = handed.iter().take(IDLE_CHUNK).map(|s| s.saga_id).collect();
+        backlog.add(handed, start);
+        let idle = backlog.idle(start);
+        assert_eq!(idle.iter().map(|s| s.saga_id).collect::<Vec<_>>(), first, "oldest first, a few");
+        assert!(backlog.busy(later(Duration::from_millis(10))).is_empty(), "few, and not waiting long: not now");
+        let overdue = backlog.busy(later(SETTLE_SLACK));
+        assert_eq!(overdue.len(), 10 - IDLE_CHUNK, "the rest, once the oldest waited the slack");
+        assert!(backlog.is_empty());
+
+        backlog.add(settlements(BUSY_CHUNK + 1), later(SETTLE_SLACK));
+        assert_eq!(backlog.busy(later(SETTLE_SLACK)).len(), BUSY_CHUNK, "a full chunk goes at once");
+        assert!(backlog.busy(later(SETTLE_SLACK * 3 / 2)).is_empty(), "what is left waits from the last chunk on");
+        backlog.add(settlements(2), later(SETTLE_SLACK * 3 / 2));
+        assert_eq!(backlog.drain().len(), 3);
+        assert!(backlog.is_empty() && backlog.busy(later(SETTLE_SLACK * 9)).is_empty());
     }
 }

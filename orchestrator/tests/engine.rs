@@ -153,7 +153,7 @@ async fn assert_ignored(h: &Harness, message: &Message, prefix: &str) -> String 
     assert_eq!(after.version, before.version + 1, "an ignored message is recorded as a new version");
     assert_eq!(after.state, before.state, "an ignored message changes nothing");
     assert_eq!(after.state_since, before.state_since);
-    assert!(!after.has_pending(), "the ignored entry was flushed: {after:?}");
+    assert!(h.settled(&after), "the ignored entry was flushed: {after:?}");
     assert_eq!(h.bus.take(), Vec::new(), "an ignored message publishes nothing");
     let timeline = h.store.timeline(id).await.expect("timeline");
     let last = timeline.last().expect("a timeline");
@@ -278,7 +278,7 @@ async fn an_order_reserves_charges_and_ships_then_completes() {
     let saga = h.record(id).await;
     assert_eq!((saga.state.phase, saga.status(), saga.version), (Phase::Completed, OrderStatus::Completed, 5));
     assert_eq!((saga.state.deadline, saga.state.reason.as_deref()), (None, None));
-    assert!(!saga.has_pending(), "everything was flushed: {saga:?}");
+    assert!(h.settled(&saga), "everything was flushed: {saga:?}");
     let view = h.get(&format!("/v1/orders/{id}")).await;
     assert_eq!((view.body["status"].as_str(), view.body["state"].as_str()), (Some("COMPLETED"), Some("COMPLETED")));
 }
@@ -369,7 +369,7 @@ async fn refused_at(failing: u16, expected_outcome: Outcome) -> Vec<(u16, u32, C
     let reason = format!("step {step_name} failed: refused by the participant");
     assert_eq!((saga.state.phase, saga.status()), (Phase::Compensated, OrderStatus::Cancelled));
     assert_eq!((saga.state.deadline, saga.state.reason.as_deref()), (None, Some(reason.as_str())));
-    assert!(!saga.has_pending());
+    assert!(h.settled(&saga), "{saga:?}");
     let last = events.last().expect("events");
     assert_eq!(
         (last.to.as_str(), last.status, last.reason.as_deref()),
@@ -816,9 +816,9 @@ async fn a_quick_saga_settles_once_after_its_first_transition_with_its_whole_tim
     assert_eq!(h.engine.settle_due(h.now()).await, 1);
     assert_eq!(h.bus.take(), Vec::new(), "settling publishes nothing");
     let settled = h.record(id).await;
-    assert!(!settled.has_pending(), "{settled:?}");
+    assert!(h.settled(&settled) && !h.store.is_live(id), "moved to the finished sagas: {settled:?}");
     assert_eq!(settled.version, stored.version);
-    assert_eq!(seqs(&h.store.timeline(id).await.expect("timeline")), [1, 2, 3, 4, 5], "now from the log");
+    assert_eq!(seqs(&h.store.timeline(id).await.expect("timeline")), [1, 2, 3, 4, 5], "now from the finished copy");
     assert_eq!(h.store.log_entry(id, 3).await.expect("read"), Some(third));
     assert!(h.engine.unsettled().is_empty());
 }
@@ -1020,8 +1020,8 @@ async fn finished_sagas_settle_together_and_leave_the_live_ones_and_a_late_dupli
     assert!(h.engine.unsettled().is_empty());
     for id in &done {
         let saga = h.record(*id).await;
-        assert_eq!((saga.state.phase, saga.has_pending()), (Phase::Completed, false), "{saga:?}");
-        assert_eq!(h.store.timeline(*id).await.expect("timeline").len(), 5, "the whole timeline is in the log");
+        assert_eq!((saga.state.phase, h.settled(&saga)), (Phase::Completed, true), "{saga:?}");
+        assert_eq!(h.store.timeline(*id).await.expect("timeline").len(), 5, "the whole timeline, in the finished copy");
     }
     assert!(!h.record(running).await.has_pending());
 

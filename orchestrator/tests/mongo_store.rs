@@ -645,15 +645,25 @@ async fn finished_sagas_move_in_batches_and_one_that_moved_on_stays_live() {
         noted.version = 4;
         store.replace(&noted, 3).await.expect("the later write");
 
+        // Earlier settlements appended the first two entries of `a`; the third is in its document only.
+        let (first, second) = (log_entry(a.id, 1, "started"), log_entry(a.id, 2, "running"));
+        store.append_log(&[first.clone(), second.clone()]).await.expect("append");
+
         let moved = store.move_finished(&[a.clone(), b.clone(), moved_on.clone()]).await.expect("move");
         assert_eq!(moved.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([a.id, b.id]), "{store:?}");
+        // The finished copy has no outbox and keeps the entries not in the log, where the timeline reads them.
         let cleared = |s: &SagaRecord| {
             let mut s = s.clone();
             s.outbox.clear();
-            s.pending_log.clear();
             s
         };
         assert_eq!(store.get(a.id).await.expect("get"), Some(cleared(&a)), "{store:?}");
+        let third = a.pending_log[0].clone();
+        let timeline = store.timeline(a.id).await.expect("timeline");
+        assert_eq!(timeline, [first, second.clone(), third.clone()], "{store:?}: whole, in order");
+        assert_eq!(store.log_entry(a.id, 3).await.expect("entry"), Some(third), "{store:?}: from the finished copy");
+        assert_eq!(store.log_entry(a.id, 2).await.expect("entry"), Some(second), "{store:?}: from the log");
+        assert_eq!(store.log_entry(a.id, 4).await.expect("entry"), None, "{store:?}");
         assert_eq!(store.get(moved_on.id).await.expect("get"), Some(noted.clone()), "{store:?}: the live copy");
         assert_eq!(ids(&store.recoverable(&[0, 1, 2], 10).await.expect("recoverable")), BTreeSet::from([moved_on.id]));
         let finished = store.finished_census().await.expect("finished census");

@@ -50,6 +50,11 @@ impl MemoryStore {
         all.into_values().collect()
     }
 
+    /// Whether the saga is among the live ones (not only a finished copy).
+    pub fn is_live(&self, saga_id: Uuid) -> bool {
+        self.lock().sagas.contains_key(&saga_id)
+    }
+
     /// How many sagas are live and how many finished (the finished copies of live ones included).
     pub fn sizes(&self) -> (usize, usize) {
         let inner = self.lock();
@@ -130,7 +135,6 @@ impl SagaStore for MemoryStore {
         for saga in sagas {
             let mut cleared = saga.clone();
             cleared.outbox.clear();
-            cleared.pending_log.clear();
             if inner.finished.get(&saga.id).is_none_or(|f| f.version <= saga.version) {
                 inner.finished.insert(saga.id, cleared);
             }
@@ -166,7 +170,7 @@ impl SagaStore for MemoryStore {
 
     async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error> {
         let inner = self.lock();
-        let pending = || inner.sagas.get(&saga_id)?.pending_log.iter().find(|e| e.seq == seq).cloned();
+        let pending = || inner.get(saga_id)?.pending_log.iter().find(|e| e.seq == seq).cloned();
         Ok(inner.log.get(&(saga_id, seq)).cloned().or_else(pending))
     }
 

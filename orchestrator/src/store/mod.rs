@@ -144,11 +144,13 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// whether it was at that version (a finished saga at that version is settled).
     async fn clear_pending(&self, saga_id: Uuid, version: u64) -> Result<bool, Error>;
 
-    /// Settles sagas that finished for good, each as written at its version with its outbox published and its
-    /// timeline appended: each is written to the finished sagas (without outbox and pending timeline; an
-    /// older finished copy is replaced, a newer one kept), then leaves the live sagas if still at that
-    /// version. Returns the ids of those no longer live; the others moved on meanwhile (settle them one by
-    /// one). A few requests for the whole batch, where [`SagaStore::clear_pending`] takes several per saga.
+    /// Settles sagas that finished for good, each as written at its version with its outbox published: each is
+    /// written to the finished sagas (without outbox; an older finished copy is replaced, a newer one kept),
+    /// then leaves the live sagas if still at that version. The finished copy keeps the pending timeline (the
+    /// entries not appended to the log), and [`SagaStore::timeline`] and [`SagaStore::log_entry`] read them
+    /// there: a saga that finished within the settling deferral, as most do, settles without a timeline
+    /// write. Returns the ids of those no longer live; the others moved on meanwhile (settle them one by
+    /// one). Two requests for the whole batch, where [`SagaStore::clear_pending`] takes several per saga.
     async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<Uuid>, Error>;
 
     /// Appends timeline entries; entries already there (same saga and seq) are skipped.
@@ -157,7 +159,8 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// The saga's timeline, oldest first, including entries not flushed to the log yet.
     async fn timeline(&self, saga_id: Uuid) -> Result<Vec<LogEntry>, Error>;
 
-    /// The timeline entry with sequence number `seq`, from the log or, not settled yet, from the saga.
+    /// The timeline entry with sequence number `seq`, from the log or, not appended to it, from the saga (live
+    /// or finished).
     async fn log_entry(&self, saga_id: Uuid, seq: u64) -> Result<Option<LogEntry>, Error>;
 
     /// Sagas passing `filter`, by id, at most `limit` (an operator's query; it may scan).

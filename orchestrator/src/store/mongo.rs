@@ -1,6 +1,7 @@
 //! The saga store on MongoDB (or FerretDB). Collections: `sagas` (one document per live saga, with its
 //! outbox and unflushed timeline entries), `sagas_finished` (the same documents once a saga finished for
-//! good and was settled: see [`super`]), `saga_log` (the append-only timeline, unique by saga id and seq),
+//! good and was settled, with the timeline entries not in the log: see [`super`]), `saga_log` (the
+//! append-only timeline, unique by saga id and seq),
 //! `orders_pii` (personal data, apart so it can be purged) and `idempotency_keys`.
 //!
 //! Ids are stored as strings and times that are queried as BSON dates, through explicit document types,
@@ -540,9 +541,10 @@ impl SagaStore for MongoStore {
         Ok(true)
     }
 
-    /// The timeline and the finished copies take one request per batch; the delete from the live sagas one
-    /// per batch on MongoDB (an `$or` of `{_id, version}`), one per saga on FerretDB (where that `$or` would
-    /// scan the live sagas, at about 0.25 ms of its CPU per document, and `{_id, version}` does not).
+    /// The finished copies take one request per batch (their pending timelines in them); the delete from the
+    /// live sagas one per batch too: on MongoDB an `$or` of `{_id, version}`, on FerretDB a statement per saga
+    /// (where that `$or` would scan the live sagas, at about 0.25 ms of its CPU per document, and
+    /// `{_id, version}` does not).
     #[tracing::instrument(name = "db.saga.move_finished", skip_all, fields(
         otel.kind = "client", db.system.name = "mongodb",
         db.collection.name = "sagas_finished", db.operation.name = "insert", db.operation.batch.size = sagas.len()
@@ -554,9 +556,9 @@ impl SagaStore for MongoStore {
         let docs: Vec<SagaDoc> = sagas
             .iter()
             .map(|saga| {
+                // The pending timeline stays: the finished copy is where it is read (see the trait).
                 let mut doc = SagaDoc::from(saga);
                 doc.outbox.clear();
-                doc.pending_log.clear();
                 doc.pending = false;
                 doc
             })
@@ -647,21 +649,23 @@ impl SagaStore for MongoStore {
         if let Some(entry) = self.logged_entry(saga_id, seq).await? {
             return Ok(Some(entry));
         }
-        let pending = self
-            .sagas
-            .clone_with_type::<Document>()
-            .find_one(doc! { "_id": saga_id.to_string() })
-            .projection(doc! { "pending_log": 1 })
-            .await
-            .map_err(db("read saga's pending timeline"))?;
-        let Some(pending) = pending.and_then(|mut d| d.remove("pending_log")) else { return Ok(None) };
-        let corrupt = |e: String| Error::Corrupt {
-            what: "saga",
-            id: saga_id.to_string(),
-            reason: format!("pending timeline: {e}"),
-        };
-        let pending: Vec<LogEntry> = json_text::from_bson(pending).map_err(corrupt)?;
-        Ok(pending.into_iter().find(|entry| entry.seq == seq))
+        for collection in [&self.sagas, &self.finished] {
+            let pending = collection
+                .clone_with_type::<Document>()
+                .find_one(doc! { "_id": saga_id.to_string() })
+                .projection(doc! { "pending_log": 1 })
+                .await
+                .map_err(db("read saga's pending timeline"))?;
+            let Some(pending) = pending.and_then(|mut d| d.remove("pending_log")) else { continue };
+            let corrupt = |e: String| Error::Corrupt {
+                what: "saga",
+                id: saga_id.to_string(),
+                reason: format!("pending timeline: {e}"),
+            };
+            let pending: Vec<LogEntry> = json_text::from_bson(pending).map_err(corrupt)?;
+            return Ok(pending.into_iter().find(|entry| entry.seq == seq));
+        }
+        Ok(None)
     }
 
     #[tracing::instrument(name = "db.saga.list", skip_all, fields(

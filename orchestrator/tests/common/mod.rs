@@ -298,6 +298,12 @@ impl Harness {
         self.store.get(id).await.expect("the memory store does not fail").expect("the saga exists")
     }
 
+    /// Whether the saga has nothing left to settle: nothing to publish, and its timeline entries appended to
+    /// the log or, once it finished for good and moved, kept in its finished copy.
+    pub fn settled(&self, saga: &SagaRecord) -> bool {
+        saga.outbox.is_empty() && (saga.pending_log.is_empty() || !self.store.is_live(saga.id))
+    }
+
     /// A participant's `reply` to `command`, sent now.
     pub fn reply(&self, command: &Message, reply: Reply) -> Message {
         let meta = Meta::caused_by(&command.meta, command.meta.step, command.meta.attempt, self.now());
