@@ -347,19 +347,12 @@ impl Lanes {
                         Ok(job) => {
                             let due = backlog.busy(Instant::now());
                             if !due.is_empty() {
-                                let t0 = Instant::now();
-                                let n = due.len();
                                 worker.engine.settle_batch(due).await;
-                                tracing::info!(n, us = t0.elapsed().as_micros() as u64, "PROBE busy settle");
                             }
                             job
                         }
                         Err(TryRecvError::Empty) => {
-                            let t0 = Instant::now();
-                            let chunk = backlog.idle(Instant::now());
-                            let n = chunk.len();
-                            worker.engine.settle_batch(chunk).await;
-                            tracing::info!(n, us = t0.elapsed().as_micros() as u64, "PROBE idle settle");
+                            worker.engine.settle_batch(backlog.idle(Instant::now())).await;
                             continue;
                         }
                         Err(TryRecvError::Disconnected) => break,
