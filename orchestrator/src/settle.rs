@@ -184,7 +184,7 @@ impl Unsettled {
 }
 
 /// Settlements a lane settles at once while no message waits: few, so that a message arriving meanwhile
-/// waits for little (a settlement of finished sagas holds three requests, whatever its size).
+/// waits for little (a settlement of finished sagas takes two requests, whose length grows with its size).
 pub const IDLE_CHUNK: usize = 4;
 
 /// Settlements a lane settles at once between messages when messages keep coming: many, so that sagas
