@@ -5,12 +5,22 @@
 //! `SAGA_GAUGE_INTERVAL_SECS` by every instance, so every instance exports the same figures (a dashboard
 //! takes any one of them, with `max`).
 //!
-//! The store streams each saga's state and the time it entered it into a [`StateSummary`] (counts and
+//! The store streams each live saga's state and the time it entered it into a [`StateSummary`] (counts and
 //! oldest times, so memory does not grow with the stored sagas): FerretDB's `$group` has only `$sum` and
-//! `$count`, and would scan anyway. The live sagas are counted every interval; the sagas finished for good
-//! and moved out of them (see [`crate::store`]), whose number only grows, every
-//! [`FINISHED_CENSUS_EVERY`] intervals, so the COMPLETED, COMPENSATED and RESOLVED counts lag by up to that
-//! much.
+//! `$count`, and would scan anyway. The live sagas are counted every interval.
+//!
+//! The sagas finished for good and moved out of them (see [`crate::store`]) only grow in number, and counting
+//! them one by one reads every one (on FerretDB, 94 to 280 s of a busy database at a million). So they are
+//! counted as they move: the store that makes a finished copy counts it in its tally of that minute, and
+//! writes its tallies down every interval. Every instance reads the recorded census (the finished sagas moved
+//! before its cutoff, a minute's first instant) and adds the tallies of the minutes from the cutoff on; every
+//! [`FOLD_EVERY`] intervals one instance folds the tallies of the minutes that are over into the census and
+//! moves its cutoff. The finished sagas are counted one by one only when there is no census (a new
+//! database, or one an earlier version recorded), every [`RECOUNT_EVERY`] (a finished copy whose count was
+//! lost with an instance that crashed before writing it down is then counted), and when an instance wrote
+//! down a tally older than the cutoff (its database was unreachable for longer than [`TALLY_LAG`]). A count
+//! one by one takes the sagas moved before its cutoff, by when their finished copy was made, so that none
+//! is counted both there and in a tally.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 pub use crate::store::StateSummary;
-use crate::store::{self, RecordedCensus, SagaStore};
+use crate::store::{self, FinishedTally, RecordedCensus, SagaStore};
 
 /// Counts the sagas of each state and finds the earliest time one entered it, from `(state, state_since)`
 /// pairs.
@@ -33,9 +43,17 @@ pub fn summarize<S: AsRef<str>>(sagas: impl IntoIterator<Item = (S, DateTime<Utc
     summary
 }
 
-/// How many gauge intervals apart the finished sagas are counted (or longer, when counting them is slow:
-/// see [`store::scan_interval`]).
-pub const FINISHED_CENSUS_EVERY: u32 = 20;
+/// How many gauge intervals apart the tallies of the finished sagas are folded into the recorded census.
+pub const FOLD_EVERY: u32 = 20;
+
+/// How often the finished sagas are counted one by one (or less often, when that is slow: see
+/// [`store::scan_interval`]).
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How far behind the present a census's cutoff stays, at least: the tallies of the minutes after it may
+/// still be written down (each instance writes its own every interval, and keeps them while the database
+/// does not answer).
+pub const TALLY_LAG: Duration = Duration::from_secs(5 * 60);
 
 /// Sets the saga gauges from the store periodically.
 #[derive(Debug)]
@@ -45,12 +63,21 @@ pub struct SagaGauges {
     metrics: Arc<Metrics>,
     interval: Duration,
     backlog_after: Duration,
+    /// This instance wrote down a tally of a minute before the recorded census's cutoff: counted by neither.
+    tally_late: std::sync::atomic::AtomicBool,
 }
 
 impl SagaGauges {
     /// Gauges in `metrics`, read from `store` every `interval`.
     pub fn new(store: Arc<dyn SagaStore>, clock: Arc<dyn Clock>, metrics: Arc<Metrics>, interval: Duration) -> Self {
-        Self { store, clock, metrics, interval, backlog_after: crate::settle::backlog_after(Duration::ZERO) }
+        Self {
+            store,
+            clock,
+            metrics,
+            interval,
+            backlog_after: crate::settle::backlog_after(Duration::ZERO),
+            tally_late: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// The same gauges, counting a saga in the backlog once it has been unsettled for `after`.
@@ -64,7 +91,6 @@ impl SagaGauges {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut wait = Duration::ZERO;
         let mut finished = StateSummary::default();
-        let mut finished_due = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -79,60 +105,135 @@ impl SagaGauges {
                 }
             };
             wait = slower("live", self.interval, started.elapsed());
-            if let Some(live) = &live {
-                self.set(live, &finished);
-            }
-            if tokio::time::Instant::now() < finished_due {
-                continue;
-            }
-            let (summary, next_in) = self.finished_counts().await;
-            if let Some(summary) = summary {
+            if let Some(summary) = self.finished_counts().await {
                 finished = summary;
             }
-            finished_due = tokio::time::Instant::now() + next_in;
             if let Some(live) = &live {
                 self.set(live, &finished);
             }
         }
     }
 
-    /// The finished sagas' counts, and how long until they are due again: the census some instance recorded,
-    /// while it is fresh (younger than [`FINISHED_CENSUS_EVERY`] intervals, or than a twentieth share of the
-    /// time it took allows), else a new census, recorded for the others. So restarts and more instances add no
-    /// scans of the finished sagas. `None` if neither could be read.
-    pub async fn finished_counts(&self) -> (Option<StateSummary>, Duration) {
-        let every = self.interval.saturating_mul(FINISHED_CENSUS_EVERY);
-        let now = self.clock.now();
-        match self.store.recorded_finished_census().await {
-            Ok(Some(recorded)) => {
-                let fresh_for = store::scan_interval(every, Duration::from_millis(recorded.took_ms));
-                let age = (now - recorded.at).to_std().unwrap_or_default();
-                if let Some(left) = fresh_for.checked_sub(age).filter(|left| !left.is_zero()) {
-                    return (Some(recorded.states), left);
-                }
+    /// The finished sagas per state: the recorded census plus the tallies since its cutoff (see the module),
+    /// after writing down this instance's tallies; counted one by one when due, folded when due. `None` if
+    /// the store could not be read.
+    pub async fn finished_counts(&self) -> Option<StateSummary> {
+        let written = match self.store.flush_finished_tally().await {
+            Ok(earliest) => earliest,
+            Err(error) => {
+                tracing::warn!(%error, "writing down the finished sagas failed; trying again at the next interval");
+                None
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "reading the recorded census of finished sagas failed"),
+        };
+        let now = self.clock.now();
+        let recorded = match self.store.recorded_finished_census().await {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                tracing::warn!(%error, "reading the recorded census of finished sagas failed");
+                return None;
+            }
+        };
+        let previous = recorded.as_ref().and_then(|census| census.cutoff);
+        let (census, cutoff) = match (recorded, previous) {
+            (Some(census), Some(cutoff)) if !self.recount_due(&census, now, written) => (census, cutoff),
+            _ => self.recount(now, previous).await?,
+        };
+        let tallies = match self.store.finished_tallies().await {
+            Ok(tallies) => tallies,
+            Err(error) => {
+                tracing::warn!(%error, "reading the finished sagas written down failed");
+                return None;
+            }
+        };
+        let mut states = census.states.clone();
+        for tally in tallies.iter().filter(|t| t.minute >= cutoff) {
+            for (state, n) in &tally.counts {
+                states.add_count(state, *n);
+            }
         }
+        let every = self.interval.saturating_mul(FOLD_EVERY);
+        if (now - census.at).to_std().is_ok_and(|age| age >= every) {
+            self.fold(&census, cutoff, &tallies, now).await;
+        }
+        Some(states)
+    }
+
+    /// Whether `census` is due to be counted anew at `now`: recorded by an earlier version, older than
+    /// [`RECOUNT_EVERY`], or missing the tally of a minute before its cutoff this instance just wrote down
+    /// (`written`); never more than a twentieth of the time (see [`store::scan_interval`]).
+    fn recount_due(&self, census: &RecordedCensus, now: DateTime<Utc>, written: Option<DateTime<Utc>>) -> bool {
+        let (Some(cutoff), Some(counted_at)) = (census.cutoff, census.counted_at) else { return true };
+        let took = Duration::from_millis(census.took_ms);
+        let age = (now - counted_at).to_std().unwrap_or_default();
+        if written.is_some_and(|minute| minute < cutoff) {
+            tracing::warn!(%cutoff, "this instance wrote down finished sagas older than the census's cutoff; counting anew");
+            self.tally_late.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let late = self.tally_late.load(std::sync::atomic::Ordering::Relaxed);
+        age >= store::scan_interval(RECOUNT_EVERY, took)
+            || (late && age >= store::scan_interval(self.interval.saturating_mul(FOLD_EVERY), took))
+    }
+
+    /// The cutoff of a census taken or folded at `now`.
+    fn cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        let lag = TALLY_LAG.max(self.interval.saturating_mul(4));
+        store::minute_of(now - chrono::TimeDelta::from_std(lag).unwrap_or(chrono::TimeDelta::MAX))
+    }
+
+    /// Counts the finished sagas one by one and records the census, for every instance; forgets the tallies
+    /// before `previous_cutoff` (the census it replaces), which no instance adds any more.
+    async fn recount(
+        &self,
+        now: DateTime<Utc>,
+        previous_cutoff: Option<DateTime<Utc>>,
+    ) -> Option<(RecordedCensus, DateTime<Utc>)> {
+        let cutoff = self.cutoff(now);
         let started = tokio::time::Instant::now();
-        let states = match self.store.finished_census().await {
+        let states = match self.store.finished_census(cutoff).await {
             Ok(states) => states,
             Err(error) => {
-                tracing::warn!(%error, "counting the finished sagas failed; retrying later");
-                return (None, every);
+                tracing::warn!(%error, "counting the finished sagas failed; retrying at the next interval");
+                return None;
             }
         };
-        let took = started.elapsed();
-        let recorded = RecordedCensus {
-            states: states.clone(),
-            at: now,
-            took_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        };
-        if let Err(error) = self.store.record_finished_census(&recorded).await {
-            tracing::warn!(%error, "recording the census of finished sagas failed");
+        self.tally_late.store(false, std::sync::atomic::Ordering::Relaxed);
+        let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let census = RecordedCensus { states, at: now, took_ms, cutoff: Some(cutoff), counted_at: Some(now) };
+        tracing::info!(took_ms, finished = census.states.total(), %cutoff, "counted the finished sagas one by one");
+        self.record(&census, previous_cutoff).await;
+        Some((census, cutoff))
+    }
+
+    /// Folds the tallies of the minutes from `census`'s cutoff to a new one into it and records it.
+    async fn fold(
+        &self,
+        census: &RecordedCensus,
+        cutoff: DateTime<Utc>,
+        tallies: &[FinishedTally],
+        now: DateTime<Utc>,
+    ) {
+        let new_cutoff = self.cutoff(now).max(cutoff);
+        let mut states = census.states.clone();
+        for tally in tallies.iter().filter(|t| t.minute >= cutoff && t.minute < new_cutoff) {
+            for (state, n) in &tally.counts {
+                states.add_count(state, *n);
+            }
         }
-        tracing::info!(took_ms = recorded.took_ms, finished = states.total(), "counted the finished sagas");
-        (Some(states), slower("finished", every, took))
+        let folded = RecordedCensus { states, at: now, cutoff: Some(new_cutoff), ..census.clone() };
+        tracing::debug!(%new_cutoff, finished = folded.states.total(), "folded the finished sagas' tallies");
+        self.record(&folded, Some(cutoff)).await;
+    }
+
+    /// Records `census`, then forgets the tallies before `forget_before`.
+    async fn record(&self, census: &RecordedCensus, forget_before: Option<DateTime<Utc>>) {
+        if let Err(error) = self.store.record_finished_census(census).await {
+            tracing::warn!(%error, "recording the census of finished sagas failed");
+            return;
+        }
+        let Some(before) = forget_before else { return };
+        if let Err(error) = self.store.forget_finished_tallies(before).await {
+            tracing::warn!(%error, "forgetting the folded tallies of finished sagas failed");
+        }
     }
 
     /// Reads the live sagas' census.
@@ -153,7 +254,7 @@ impl SagaGauges {
     /// Reads the store once (the live and the finished sagas) and sets the gauges.
     pub async fn update(&self) -> Result<(), store::Error> {
         let live = self.live().await?;
-        let finished = self.finished_counts().await.0.unwrap_or_default();
+        let finished = self.finished_counts().await.unwrap_or_default();
         self.set(&live, &finished);
         Ok(())
     }
@@ -236,12 +337,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_recorded_census_of_finished_sagas_serves_every_instance_while_it_is_fresh() {
+    async fn finished_sagas_are_counted_as_they_move_and_one_by_one_only_seldom() {
         use crate::model::SagaRecord;
         use crate::store::memory::MemoryStore;
         use saga_defs::Phase;
 
-        let store = Arc::new(MemoryStore::new());
+        let clock = Arc::new(crate::clock::ManualClock::new(t(0)));
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
         let finish = |phase| {
             let store = store.clone();
             async move {
@@ -250,33 +352,85 @@ mod tests {
                 assert!(store.clear_pending(saga.id, saga.version).await.expect("settle and move"));
             }
         };
-        finish(Phase::Completed).await;
-        let clock = Arc::new(crate::clock::ManualClock::new(t(0)));
         let gauges = |store: Arc<MemoryStore>| {
             let metrics = Arc::new(Metrics::register(&mut Registry::default()));
             SagaGauges::new(store, clock.clone(), metrics, Duration::from_secs(15))
         };
         let (first, second) = (gauges(store.clone()), gauges(store.clone()));
-        let every = Duration::from_secs(15 * u64::from(FINISHED_CENSUS_EVERY));
+        let counts = |summary: Option<StateSummary>| {
+            summary.map(|s| (s.count("COMPLETED"), s.count("COMPENSATED"), s.count("RESOLVED")))
+        };
+        let recorded = || async { store.recorded_finished_census().await.expect("read").expect("recorded") };
 
-        let (counted, next) = first.finished_counts().await;
-        assert_eq!(counted.map(|c| c.count("COMPLETED")), Some(1));
-        assert_eq!(next, every);
-        let recorded = store.recorded_finished_census().await.expect("read").expect("recorded");
-        assert_eq!((recorded.at, recorded.states.count("COMPLETED")), (t(0), 1));
+        // No census yet: counted one by one, the saga just moved from its tally (not twice).
+        finish(Phase::Completed).await;
+        assert_eq!(counts(first.finished_counts().await), Some((1, 0, 0)));
+        let census = recorded().await;
+        assert_eq!((census.counted_at, census.cutoff), (Some(t(0)), Some(t(-300))));
+        assert_eq!(census.states.count("COMPLETED"), 0, "moved after the cutoff: counted in its tally");
 
-        // Another instance (or this one restarted) a minute later takes the record: no scan.
-        finish(Phase::Compensated).await;
+        // Another instance a minute later: the census and the tallies, at once, without counting again.
         clock.advance(TimeDelta::seconds(60));
-        let (counted, next) = second.finished_counts().await;
-        assert_eq!(counted.map(|c| (c.count("COMPLETED"), c.count("COMPENSATED"))), Some((1, 0)));
-        assert_eq!(next, every - Duration::from_secs(60), "due when the record is");
+        finish(Phase::Compensated).await;
+        assert_eq!(counts(second.finished_counts().await), Some((1, 1, 0)));
+        assert_eq!(recorded().await.counted_at, Some(t(0)));
 
-        // Once the record is stale, the next one counts anew and records it.
+        // Twenty intervals after the census was recorded, the tallies of the minutes over by TALLY_LAG are
+        // folded into it (none yet), and again twenty intervals later (both).
         clock.advance(TimeDelta::seconds(240));
-        let (counted, _) = second.finished_counts().await;
-        assert_eq!(counted.map(|c| (c.count("COMPLETED"), c.count("COMPENSATED"))), Some((1, 1)));
-        assert_eq!(store.recorded_finished_census().await.expect("read").map(|r| r.at), Some(t(300)));
+        assert_eq!(counts(second.finished_counts().await), Some((1, 1, 0)));
+        let census = recorded().await;
+        assert_eq!((census.at, census.cutoff, census.counted_at), (t(300), Some(t(0)), Some(t(0))));
+        assert_eq!(census.states.total(), 0);
+        clock.advance(TimeDelta::seconds(330));
+        finish(Phase::Resolved).await;
+        assert_eq!(counts(first.finished_counts().await), Some((1, 1, 1)));
+        let census = recorded().await;
+        assert_eq!(
+            (census.cutoff, census.states.count("COMPLETED"), census.states.count("COMPENSATED")),
+            (Some(t(300)), 1, 1)
+        );
+        clock.advance(TimeDelta::seconds(300));
+        assert_eq!(counts(second.finished_counts().await), Some((1, 1, 1)));
+        assert_eq!(recorded().await.cutoff, Some(t(600)));
+        let minutes: Vec<_> = store.finished_tallies().await.expect("tallies").iter().map(|t| t.minute).collect();
+        assert_eq!(minutes, [t(600)], "the tallies before the previous cutoff are forgotten");
+
+        // A day after the last count one by one, they are counted again.
+        clock.advance(TimeDelta::hours(24));
+        assert_eq!(counts(first.finished_counts().await), Some((1, 1, 1)));
+        assert_eq!(recorded().await.counted_at, Some(t(930 + 24 * 3600)));
+
+        // A census an earlier version recorded (no cutoff) is counted anew.
+        let mut old = recorded().await;
+        old.cutoff = None;
+        old.states = StateSummary::default();
+        old.states.add_count("COMPLETED", 7);
+        store.record_finished_census(&old).await.expect("record");
+        assert_eq!(counts(second.finished_counts().await), Some((1, 1, 1)));
+    }
+
+    #[test]
+    fn a_tally_written_down_after_its_minute_was_folded_has_the_sagas_counted_anew_soon() {
+        use crate::store::memory::MemoryStore;
+
+        let clock = Arc::new(crate::clock::ManualClock::new(t(0)));
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let gauges = SagaGauges::new(Arc::new(MemoryStore::new()), clock, metrics, Duration::from_secs(15));
+        let census = |counted_at| RecordedCensus {
+            states: StateSummary::default(),
+            at: t(0),
+            took_ms: 10,
+            cutoff: Some(t(0)),
+            counted_at: Some(counted_at),
+        };
+        assert!(!gauges.recount_due(&census(t(0)), t(60), Some(t(0))), "in time");
+        assert!(!gauges.recount_due(&census(t(0)), t(60), Some(t(-60))), "late, but counted a minute ago");
+        assert!(gauges.recount_due(&census(t(0)), t(300), None), "remembered until counted");
+        assert!(gauges.recount_due(&census(t(-90_000)), t(60), None), "a day old");
+        let mut old = census(t(0));
+        old.cutoff = None;
+        assert!(gauges.recount_due(&old, t(60), None), "recorded by an earlier version");
     }
 
     #[test]

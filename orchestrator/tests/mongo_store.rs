@@ -21,6 +21,28 @@ use uuid::Uuid;
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
 
+/// An hour from now: a census of the finished sagas moved before it counts all of them.
+fn later() -> DateTime<Utc> {
+    Utc::now() + TimeDelta::hours(1)
+}
+
+/// Counts per state.
+fn counts(pairs: &[(&str, u64)]) -> orchestrator::store::StateCounts {
+    pairs.iter().map(|(state, n)| ((*state).to_owned(), *n)).collect()
+}
+
+/// What `store` wrote down of the finished copies it made, with what the others wrote, over all minutes.
+async fn tallied(store: &dyn SagaStore) -> orchestrator::store::StateCounts {
+    store.flush_finished_tally().await.expect("write down the finished sagas");
+    let mut total = orchestrator::store::StateCounts::new();
+    for tally in store.finished_tallies().await.expect("read the tallies") {
+        for (state, n) in tally.counts {
+            *total.entry(state).or_insert(0) += n;
+        }
+    }
+    total
+}
+
 /// A store in a new database named after `test`, prepared.
 async fn store(test: &str) -> (Database, MongoStore) {
     let mut settings = MongoSettings::from_env("MONGODB_DATABASE", "unused");
@@ -561,7 +583,7 @@ async fn a_saga_finished_for_good_leaves_the_live_sagas_once_settled_and_is_stil
         assert_eq!(store.get(done.id).await.expect("get"), Some(expected.clone()), "{store:?}");
         let live = store.census(secs(100)).await.expect("census").states;
         assert_eq!((live.count("COMPLETED"), live.count("FAILED"), live.count("RUNNING")), (0, 1, 1), "{store:?}");
-        let finished = store.finished_census().await.expect("finished census");
+        let finished = store.finished_census(later()).await.expect("finished census");
         assert_eq!((finished.count("COMPLETED"), finished.count("FAILED")), (1, 0), "{store:?}");
         assert_eq!(finished.oldest_since("COMPLETED"), Some(done.state_since), "{store:?}");
         assert!(store.recoverable(&[2], 10).await.expect("recoverable").is_empty(), "{store:?}");
@@ -595,7 +617,8 @@ async fn a_saga_finished_for_good_leaves_the_live_sagas_once_settled_and_is_stil
         let mut settled_note = noted.clone();
         settled_note.pending_log.clear();
         assert_eq!(store.get(done.id).await.expect("get"), Some(settled_note), "{store:?}");
-        assert_eq!(store.finished_census().await.expect("finished census").count("COMPLETED"), 1, "{store:?}");
+        assert_eq!(store.finished_census(later()).await.expect("finished census").count("COMPLETED"), 1, "{store:?}");
+        assert_eq!(tallied(store).await, counts(&[("COMPLETED", 1)]), "{store:?}: counted once, as it first moved");
         assert_eq!(ids(&store.recoverable(&[2], 10).await.expect("recoverable")), BTreeSet::from([newer.id]));
     }
     let (done_live, done_finished) = {
@@ -649,6 +672,7 @@ async fn finished_sagas_move_in_batches_and_one_that_moved_on_stays_live() {
         let (first, second) = (log_entry(a.id, 1, "started"), log_entry(a.id, 2, "running"));
         store.append_log(&[first.clone(), second.clone()]).await.expect("append");
 
+        let before = Utc::now() - TimeDelta::milliseconds(1);
         let moved = store.move_finished(&[a.clone(), b.clone(), moved_on.clone()]).await.expect("move");
         assert_eq!(moved.iter().copied().collect::<BTreeSet<_>>(), BTreeSet::from([a.id, b.id]), "{store:?}");
         // The finished copy has no outbox and keeps the entries not in the log, where the timeline reads them.
@@ -666,8 +690,10 @@ async fn finished_sagas_move_in_batches_and_one_that_moved_on_stays_live() {
         assert_eq!(store.log_entry(a.id, 4).await.expect("entry"), None, "{store:?}");
         assert_eq!(store.get(moved_on.id).await.expect("get"), Some(noted.clone()), "{store:?}: the live copy");
         assert_eq!(ids(&store.recoverable(&[0, 1, 2], 10).await.expect("recoverable")), BTreeSet::from([moved_on.id]));
-        let finished = store.finished_census().await.expect("finished census");
+        let finished = store.finished_census(later()).await.expect("finished census");
         assert_eq!((finished.count("COMPLETED"), finished.count("COMPENSATED")), (1, 1), "{store:?}");
+        let earlier = store.finished_census(before).await.expect("finished census");
+        assert_eq!(earlier.total(), 0, "{store:?}: a census up to before they moved counts none of them");
 
         // A retried batch (it failed after the copies were written) changes nothing and says the same.
         let again = store.move_finished(&[a.clone(), b.clone()]).await.expect("move again");
@@ -678,6 +704,8 @@ async fn finished_sagas_move_in_batches_and_one_that_moved_on_stays_live() {
         assert_eq!(store.move_finished(std::slice::from_ref(&moved_on)).await.expect("stale batch"), [moved_on.id]);
         assert_eq!(store.get(moved_on.id).await.expect("get"), Some(cleared(&noted)), "{store:?}: version 4 kept");
         assert!(store.move_finished(&[]).await.expect("nothing").is_empty());
+        let expected = counts(&[("COMPLETED", 1), ("COMPENSATED", 1), ("RESOLVED", 1)]);
+        assert_eq!(tallied(store).await, expected, "{store:?}: each counted once, as it first moved");
     }
     assert_eq!(memory.sizes(), (0, 3));
     db.drop().await.expect("drop the test database");
@@ -690,13 +718,72 @@ async fn a_recorded_census_of_finished_sagas_round_trips_and_the_latest_wins() {
     let mut states = orchestrator::store::StateSummary::default();
     states.add("COMPLETED", precise(1));
     states.add("RESOLVED", precise(2));
-    let first = orchestrator::store::RecordedCensus { states: states.clone(), at: precise(10), took_ms: 280_000 };
+    let first = orchestrator::store::RecordedCensus {
+        states: states.clone(),
+        at: precise(10),
+        took_ms: 280_000,
+        cutoff: Some(secs(-60)),
+        counted_at: Some(precise(10)),
+    };
     store.record_finished_census(&first).await.expect("record");
-    assert_eq!(store.recorded_finished_census().await.expect("read"), Some(first));
+    assert_eq!(store.recorded_finished_census().await.expect("read"), Some(first.clone()));
     states.add("COMPLETED", precise(0));
-    let second = orchestrator::store::RecordedCensus { states, at: precise(20), took_ms: 5 };
+    let second = orchestrator::store::RecordedCensus { at: precise(20), cutoff: Some(secs(0)), states, ..first };
     store.record_finished_census(&second).await.expect("record again");
     assert_eq!(store.recorded_finished_census().await.expect("read"), Some(second));
+
+    // As an earlier version recorded it: no cutoff, no time of the count one by one.
+    let old = doc! { "_id": "finished", "census": { "states": { "counts": { "COMPLETED": 4_i64 }, "oldest": {} },
+    "at": "2026-01-01T00:00:10Z", "took_ms": 5_i64 } };
+    db.collection::<Document>("saga_counts").replace_one(doc! { "_id": "finished" }, old).await.expect("write");
+    let read = store.recorded_finished_census().await.expect("read").expect("an earlier version's census");
+    assert_eq!((read.states.count("COMPLETED"), read.cutoff, read.counted_at), (4, None, None));
+    db.drop().await.expect("drop the test database");
+}
+
+/// Instances count the finished copies they make and write the counts down where every instance reads them:
+/// each copy once, whichever instance made it, and not again when an instance moves it again.
+#[tokio::test]
+async fn finished_sagas_are_counted_once_by_the_instance_that_moved_them() {
+    let (db, first) = store("finished_tallies").await;
+    let second = MongoStore::connect(db.client(), db.name()).await.expect("a second instance's store");
+    assert!(first.finished_tallies().await.expect("tallies").is_empty());
+    assert_eq!(first.flush_finished_tally().await.expect("nothing to write"), None);
+
+    let (a, b, c) =
+        (saga(0, Phase::Completed, None), saga(1, Phase::Compensated, None), saga(2, Phase::Completed, None));
+    for saga in [&a, &b, &c] {
+        first.insert(saga).await.expect("insert");
+    }
+    let started = Utc::now();
+    assert_eq!(first.move_finished(&[a.clone(), b.clone()]).await.expect("move").len(), 2);
+    assert!(second.clear_pending(c.id, 3).await.expect("settle and move"));
+    // Moved again by the other instance (a retry after a lost answer): no new copy, nothing counted.
+    assert_eq!(second.move_finished(std::slice::from_ref(&a)).await.expect("move again"), [a.id]);
+    let written = first.flush_finished_tally().await.expect("write down").expect("a minute written");
+    assert_eq!(written, orchestrator::store::minute_of(started));
+    assert_eq!(first.flush_finished_tally().await.expect("nothing more"), None, "written once");
+    assert_eq!(tallied(&first).await, counts(&[("COMPLETED", 1), ("COMPENSATED", 1)]), "the first alone so far");
+    assert_eq!(second.flush_finished_tally().await.expect("write down"), Some(written));
+    assert_eq!(tallied(&second).await, counts(&[("COMPLETED", 2), ("COMPENSATED", 1)]), "both, summed per minute");
+    let tallies = first.finished_tallies().await.expect("tallies");
+    assert!(tallies.iter().all(|t| t.minute == written), "{tallies:?}");
+
+    // A copy an earlier version made (no time of making) is counted by every census.
+    let old = saga(0, Phase::Resolved, None);
+    let copy = doc! {
+        "_id": old.id.to_string(), "version": 3_i64, "state": "RESOLVED",
+        "state_since": bson::DateTime::from_chrono(old.state_since),
+    };
+    db.collection::<Document>("sagas_finished").insert_one(copy).await.expect("an earlier version's copy");
+    let census = first.finished_census(started - TimeDelta::minutes(1)).await.expect("census");
+    assert_eq!((census.count("RESOLVED"), census.total()), (1, 1), "only the copy without a time");
+
+    // Folded tallies are forgotten by minute.
+    first.forget_finished_tallies(written).await.expect("forget before");
+    assert_eq!(first.finished_tallies().await.expect("tallies").len(), 1, "the minute itself stays");
+    first.forget_finished_tallies(written + TimeDelta::minutes(1)).await.expect("forget");
+    assert!(first.finished_tallies().await.expect("tallies").is_empty());
     db.drop().await.expect("drop the test database");
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator::model::{LogEntry, OrderPii, SagaRecord};
 use orchestrator::store::memory::MemoryStore;
-use orchestrator::store::{Census, Claim, Error, RecordedCensus, SagaFilter, SagaStore, StateSummary};
+use orchestrator::store::{Census, Claim, Error, FinishedTally, RecordedCensus, SagaFilter, SagaStore, StateSummary};
 use participants::inventory::MemoryStockStore;
 use participants::inventory::store::{Reservation, StockMove, StockStore};
 use participants::payment::MemoryPaymentStore;
@@ -203,9 +203,24 @@ impl SagaStore for FaultyStore {
         after("store.record_finished_census", self.inner.record_finished_census(census).await, fault)
     }
 
-    async fn finished_census(&self) -> Result<StateSummary, Error> {
+    async fn finished_census(&self, moved_before: DateTime<Utc>) -> Result<StateSummary, Error> {
         self.read("store.finished_census")?;
-        self.inner.finished_census().await
+        self.inner.finished_census(moved_before).await
+    }
+
+    async fn flush_finished_tally(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        let fault = self.write("store.flush_finished_tally")?;
+        after("store.flush_finished_tally", self.inner.flush_finished_tally().await, fault)
+    }
+
+    async fn finished_tallies(&self) -> Result<Vec<FinishedTally>, Error> {
+        self.read("store.finished_tallies")?;
+        self.inner.finished_tallies().await
+    }
+
+    async fn forget_finished_tallies(&self, before: DateTime<Utc>) -> Result<(), Error> {
+        let fault = self.write("store.forget_finished_tallies")?;
+        after("store.forget_finished_tallies", self.inner.forget_finished_tallies(before).await, fault)
     }
 }
 

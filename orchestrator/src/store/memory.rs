@@ -2,14 +2,15 @@
 //! deterministic iteration order.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use saga_defs::Phase;
 use uuid::Uuid;
 
-use super::{Census, Claim, Error, RecordedCensus, SagaFilter, SagaStore, StateSummary};
+use super::{Census, Claim, Error, FinishedTally, RecordedCensus, SagaFilter, SagaStore, StateCounts, StateSummary};
+use crate::clock::{Clock, SystemClock};
 use crate::model::{LogEntry, OrderPii, SagaRecord};
 
 #[derive(Debug, Default)]
@@ -18,6 +19,10 @@ struct Inner {
     sagas: BTreeMap<Uuid, SagaRecord>,
     /// The sagas finished for good and settled (a copy stays while one is written again, as in MongoDB).
     finished: BTreeMap<Uuid, SagaRecord>,
+    /// When each finished copy was first made.
+    moved_at: BTreeMap<Uuid, DateTime<Utc>>,
+    /// The finished copies made per minute (written down at once: there is one store).
+    tallies: BTreeMap<DateTime<Utc>, StateCounts>,
     recorded_census: Option<RecordedCensus>,
     log: BTreeMap<(Uuid, u64), LogEntry>,
     pii: BTreeMap<Uuid, OrderPii>,
@@ -25,15 +30,28 @@ struct Inner {
 }
 
 /// The saga store in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// When finished copies are made.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that notes when finished copies are made by `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self { inner: Mutex::new(Inner::default()), clock }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -65,6 +83,25 @@ impl MemoryStore {
 impl Inner {
     fn get(&self, saga_id: Uuid) -> Option<&SagaRecord> {
         self.sagas.get(&saga_id).or_else(|| self.finished.get(&saga_id))
+    }
+
+    /// Writes the finished copy of `saga` (without outbox) made at `now`: a new one is counted in the
+    /// minute's tally; an older one is replaced (keeping when it was first made), a newer one kept.
+    fn store_finished(&mut self, saga: &SagaRecord, now: DateTime<Utc>) {
+        let mut copy = saga.clone();
+        copy.outbox.clear();
+        match self.finished.get(&saga.id) {
+            None => {
+                self.moved_at.insert(saga.id, now);
+                let counts = StateCounts::from([(saga.state.phase.name().to_owned(), 1)]);
+                super::add_to_tally(&mut self.tallies, super::minute_of(now), &counts);
+                self.finished.insert(saga.id, copy);
+            }
+            Some(older) if older.version <= saga.version => {
+                self.finished.insert(saga.id, copy);
+            }
+            Some(_) => {}
+        }
     }
 }
 
@@ -120,7 +157,7 @@ impl SagaStore for MemoryStore {
                 if stored.state.phase.is_final()
                     && let Some(saga) = inner.sagas.remove(&saga_id)
                 {
-                    inner.finished.insert(saga_id, saga);
+                    inner.store_finished(&saga, self.clock.now());
                 }
                 Ok(true)
             }
@@ -130,14 +167,11 @@ impl SagaStore for MemoryStore {
     }
 
     async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<Uuid>, Error> {
+        let now = self.clock.now();
         let mut inner = self.lock();
         let mut moved = Vec::new();
         for saga in sagas {
-            let mut cleared = saga.clone();
-            cleared.outbox.clear();
-            if inner.finished.get(&saga.id).is_none_or(|f| f.version <= saga.version) {
-                inner.finished.insert(saga.id, cleared);
-            }
+            inner.store_finished(saga, now);
             if inner.sagas.get(&saga.id).is_some_and(|live| live.version == saga.version) {
                 inner.sagas.remove(&saga.id);
             }
@@ -262,11 +296,32 @@ impl SagaStore for MemoryStore {
         Ok(())
     }
 
-    async fn finished_census(&self) -> Result<StateSummary, Error> {
+    async fn finished_census(&self, moved_before: DateTime<Utc>) -> Result<StateSummary, Error> {
+        let inner = self.lock();
         let mut states = StateSummary::default();
-        for saga in self.lock().finished.values() {
-            states.add(saga.state.phase.name(), saga.state_since);
+        for saga in inner.finished.values() {
+            if inner.moved_at.get(&saga.id).is_none_or(|at| *at < moved_before) {
+                states.add(saga.state.phase.name(), saga.state_since);
+            }
         }
         Ok(states)
+    }
+
+    async fn flush_finished_tally(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        Ok(None)
+    }
+
+    async fn finished_tallies(&self) -> Result<Vec<FinishedTally>, Error> {
+        let inner = self.lock();
+        Ok(inner
+            .tallies
+            .iter()
+            .map(|(minute, counts)| FinishedTally { minute: *minute, counts: counts.clone() })
+            .collect())
+    }
+
+    async fn forget_finished_tallies(&self, before: DateTime<Utc>) -> Result<(), Error> {
+        self.lock().tallies.retain(|minute, _| *minute >= before);
+        Ok(())
     }
 }

@@ -211,8 +211,22 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// and folds them into counts as they arrive (memory stays flat however many sagas are stored).
     async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<Census, Error>;
 
-    /// The finished sagas per state, the same way (a scan of every finished saga: run it seldom).
-    async fn finished_census(&self) -> Result<StateSummary, Error>;
+    /// The finished sagas moved there before `moved_before` (and those moved by a version that did not note
+    /// when), per state, the same way: a scan of every finished saga, run seldom (see [`crate::gauges`]).
+    async fn finished_census(&self, moved_before: DateTime<Utc>) -> Result<StateSummary, Error>;
+
+    /// Writes down, where every instance reads them ([`SagaStore::finished_tallies`]), the counts of the
+    /// finished copies this store made (a new copy, not one replaced) and has not written down yet, per
+    /// minute they were made; returns the earliest of those minutes. Counts that could not be written are
+    /// kept for the next call (with the same identity: a retry of a write that took effect counts nothing
+    /// twice).
+    async fn flush_finished_tally(&self) -> Result<Option<DateTime<Utc>>, Error>;
+
+    /// The counts every instance wrote down, summed per minute, oldest first.
+    async fn finished_tallies(&self) -> Result<Vec<FinishedTally>, Error>;
+
+    /// Deletes the counts written down for the minutes before `before`.
+    async fn forget_finished_tallies(&self, before: DateTime<Utc>) -> Result<(), Error>;
 
     /// The census of the finished sagas last recorded by any instance, if any.
     async fn recorded_finished_census(&self) -> Result<Option<RecordedCensus>, Error>;
@@ -230,16 +244,51 @@ pub struct Census {
     pub backlog: u64,
 }
 
-/// A census of the finished sagas as an instance recorded it, so that the others (and its own next start)
-/// need not scan them again while it is fresh: on FerretDB that scan reads every stored saga.
+/// The finished sagas per state as an instance recorded them, for every instance: the sagas moved to the
+/// finished ones before `cutoff`; those moved since are in the tallies ([`SagaStore::finished_tallies`]) of
+/// the minutes from `cutoff` on. See [`crate::gauges`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordedCensus {
     /// The finished sagas per state.
     pub states: StateSummary,
-    /// When it was taken.
+    /// When it was recorded.
     pub at: DateTime<Utc>,
-    /// How long it took, in milliseconds.
+    /// How long the last count of the finished sagas one by one took, in milliseconds.
     pub took_ms: u64,
+    /// The first instant of the minute up to which `states` counts (a minute's first instant). `None` in a
+    /// census recorded by a version that counted everything each time: it is counted anew.
+    #[serde(default)]
+    pub cutoff: Option<DateTime<Utc>>,
+    /// When the finished sagas were last counted one by one (`states` is that count plus the tallies
+    /// folded into it since).
+    #[serde(default)]
+    pub counted_at: Option<DateTime<Utc>>,
+}
+
+/// Sagas per state name.
+pub type StateCounts = BTreeMap<String, u64>;
+
+/// How many sagas were moved to the finished ones within one minute, per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinishedTally {
+    /// The minute's first instant.
+    pub minute: DateTime<Utc>,
+    /// The sagas per state.
+    pub counts: StateCounts,
+}
+
+/// The first instant of the minute `at` is in.
+pub fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::DurationRound;
+    at.duration_trunc(chrono::TimeDelta::minutes(1)).unwrap_or(at)
+}
+
+/// Adds `counts` to the tally of `minute` in `tallies`.
+pub fn add_to_tally(tallies: &mut BTreeMap<DateTime<Utc>, StateCounts>, minute: DateTime<Utc>, counts: &StateCounts) {
+    let tally = tallies.entry(minute).or_default();
+    for (state, n) in counts {
+        *tally.entry(state.clone()).or_insert(0) += n;
+    }
 }
 
 /// How many sagas are in each state and since when the oldest of them is there.
@@ -264,6 +313,11 @@ impl StateSummary {
                 self.oldest.insert(state.to_owned(), since);
             }
         }
+    }
+
+    /// Counts `n` more sagas in `state` (when they entered it is not known: the oldest time stays).
+    pub fn add_count(&mut self, state: &str, n: u64) {
+        *self.counts.entry(state.to_owned()).or_insert(0) += n;
     }
 
     /// How many sagas are counted, in all states.

@@ -2,7 +2,9 @@
 //! outbox and unflushed timeline entries), `sagas_finished` (the same documents once a saga finished for
 //! good and was settled, with the timeline entries not in the log: see [`super`]), `saga_log` (the
 //! append-only timeline, unique by saga id and seq),
-//! `orders_pii` (personal data, apart so it can be purged) and `idempotency_keys`.
+//! `orders_pii` (personal data, apart so it can be purged), `idempotency_keys`, and for the saga gauges
+//! `saga_counts` (the recorded census of the finished sagas) and `saga_finished_tallies` (the finished
+//! sagas each instance moved per minute since: see [`crate::gauges`]).
 //!
 //! Ids are stored as strings and times that are queried as BSON dates, through explicit document types,
 //! so that filters and documents always agree on representation.
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_with::serde_as;
 use uuid::Uuid;
 
-use super::{Census, Claim, Error, RecordedCensus, SagaFilter, SagaStore, StateSummary};
+use super::{Census, Claim, Error, FinishedTally, RecordedCensus, SagaFilter, SagaStore, StateCounts, StateSummary};
 use crate::model::{LogEntry, OrderPii, OrderSummary, OutboxEntry, SagaRecord};
 
 /// The saga store on a MongoDB database.
@@ -38,10 +40,73 @@ pub struct MongoStore {
     sagas: Collection<SagaDoc>,
     finished: Collection<SagaDoc>,
     counts: Collection<Document>,
+    tallies: Collection<Document>,
     log: Collection<LogDoc>,
     pii: Collection<PiiDoc>,
     keys: Collection<KeyDoc>,
     flavor: Flavor,
+    /// The finished copies this store (and its clones) made and has not written down yet.
+    tally: std::sync::Arc<TallyBook>,
+}
+
+/// The counts of the finished copies one store made, until written down as documents of
+/// `saga_finished_tallies` with ids of their own (`<store>/<n>`), so that a retried write counts nothing twice.
+#[derive(Debug)]
+struct TallyBook {
+    store: Uuid,
+    state: std::sync::Mutex<TallyState>,
+    /// One write at a time.
+    writing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct TallyState {
+    /// Counted since the last write was prepared, per minute.
+    pending: std::collections::BTreeMap<DateTime<Utc>, StateCounts>,
+    /// Prepared for writing and not known to be written.
+    unwritten: Vec<Document>,
+    next: u64,
+}
+
+impl TallyBook {
+    fn new() -> Self {
+        Self { store: Uuid::new_v4(), state: std::sync::Mutex::default(), writing: tokio::sync::Mutex::new(()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TallyState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts new finished copies made at `at`.
+    fn count<'a>(&self, at: DateTime<Utc>, states: impl IntoIterator<Item = &'a str>) {
+        let mut counts = StateCounts::new();
+        for state in states {
+            *counts.entry(state.to_owned()).or_insert(0) += 1;
+        }
+        if !counts.is_empty() {
+            super::add_to_tally(&mut self.lock().pending, super::minute_of(at), &counts);
+        }
+    }
+
+    /// The documents to write: those of a write that failed, else the counts since.
+    fn prepare(&self) -> Vec<Document> {
+        let mut state = self.lock();
+        if state.unwritten.is_empty() {
+            let pending = std::mem::take(&mut state.pending);
+            for (minute, counts) in pending {
+                let id = format!("{}/{}", self.store, state.next);
+                state.next += 1;
+                let counts: Document = counts
+                    .into_iter()
+                    .map(|(s, n)| (s, bson::Bson::Int64(i64::try_from(n).unwrap_or(i64::MAX))))
+                    .collect();
+                state
+                    .unwritten
+                    .push(doc! { "_id": id, "minute": bson::DateTime::from_chrono(minute), "counts": counts });
+            }
+        }
+        state.unwritten.clone()
+    }
 }
 
 impl MongoStore {
@@ -51,10 +116,12 @@ impl MongoStore {
             sagas: db.collection("sagas"),
             finished: db.collection("sagas_finished"),
             counts: db.collection("saga_counts"),
+            tallies: db.collection("saga_finished_tallies"),
             log: db.collection("saga_log"),
             pii: db.collection("orders_pii"),
             keys: db.collection("idempotency_keys"),
             flavor,
+            tally: std::sync::Arc::new(TallyBook::new()),
         }
     }
 
@@ -84,14 +151,64 @@ impl MongoStore {
 
     /// The version of the finished copy of saga `id`, if there is one.
     async fn finished_version(&self, id: &str) -> Result<Option<i64>, Error> {
+        Ok(self.finished_copy(id).await?.map(|(version, _)| version))
+    }
+
+    /// The version of the finished copy of saga `id` and when it was first made (unknown for copies made by
+    /// earlier versions), if there is one.
+    async fn finished_copy(&self, id: &str) -> Result<Option<(i64, Option<DateTime<Utc>>)>, Error> {
         let found = self
             .finished
             .clone_with_type::<Document>()
             .find_one(doc! { "_id": id })
-            .projection(doc! { "version": 1 })
+            .projection(doc! { "version": 1, "moved_at": 1 })
             .await
             .map_err(db("read finished saga version"))?;
-        Ok(found.and_then(|d| d.get_i64("version").ok()))
+        Ok(found.and_then(|d| {
+            let moved_at = d.get_datetime("moved_at").ok().map(|at| at.to_chrono());
+            d.get_i64("version").ok().map(|version| (version, moved_at))
+        }))
+    }
+
+    /// Writes the finished copies of `docs` (without outbox), made now: new ones in one request, counted in
+    /// this store's tally; a copy there already (a retried batch, or a saga that came back for a late note)
+    /// is replaced if older (keeping when it was first made), kept if newer.
+    async fn store_finished(&self, mut docs: Vec<SagaDoc>) -> Result<Vec<SagaDoc>, Error> {
+        let now = Utc::now();
+        for doc in &mut docs {
+            doc.outbox.clear();
+            doc.pending = false;
+            doc.moved_at = Some(now);
+        }
+        let duplicates: Vec<usize> = match self.finished.insert_many(&docs).ordered(false).await {
+            Ok(_) => Vec::new(),
+            Err(e) => match &*e.kind {
+                ErrorKind::InsertMany(failure)
+                    if failure.write_concern_error.is_none()
+                        && failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == 11000)) =>
+                {
+                    failure.write_errors.iter().flatten().map(|w| w.index).collect()
+                }
+                _ => return Err(db("store finished sagas")(e)),
+            },
+        };
+        let new = docs.iter().enumerate().filter(|(i, _)| !duplicates.contains(i)).map(|(_, d)| d.state.as_str());
+        self.tally.count(now, new);
+        for index in duplicates {
+            let Some(doc) = docs.get_mut(index) else { continue };
+            let existing = self.finished_copy(&doc.id).await?;
+            if existing.is_some_and(|(version, _)| version >= doc.version) {
+                continue;
+            }
+            doc.moved_at = existing.map_or(Some(now), |(_, moved_at)| moved_at);
+            let by_id = doc! { "_id": doc.id.as_str() };
+            let written =
+                self.finished.replace_one(by_id, &*doc).upsert(true).await.map_err(db("store finished saga"))?;
+            if written.upserted_id.is_some() {
+                self.tally.count(now, [doc.state.as_str()]);
+            }
+        }
+        Ok(docs)
     }
 
     /// Whether the finished copy of the saga is at `version`.
@@ -123,9 +240,8 @@ impl MongoStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    async fn move_to_finished(&self, saga: &SagaDoc) -> Result<(), Error> {
-        let by_id = doc! { "_id": saga.id.as_str() };
-        self.finished.replace_one(by_id, saga).upsert(true).await.map_err(db("store finished saga"))?;
+    async fn move_to_finished(&self, saga: SagaDoc) -> Result<(), Error> {
+        let Some(saga) = self.store_finished(vec![saga]).await?.pop() else { return Ok(()) };
         let live = at_version(&saga.id, saga.version);
         self.sagas.delete_one(live).await.map_err(db("remove finished saga from the live ones"))?;
         Ok(())
@@ -272,6 +388,10 @@ struct SagaDoc {
     pending_log: Vec<LogEntry>,
     /// Whether `outbox` or `pending_log` has entries, for the recovery query.
     pending: bool,
+    /// When the finished copy was first made (finished copies only; absent in those of earlier versions).
+    #[serde_as(as = "Option<FromChrono04DateTime>")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moved_at: Option<DateTime<Utc>>,
 }
 
 /// A saga's outbox and unsettled timeline entries are stored as one JSON string each, not as arrays of
@@ -327,6 +447,7 @@ impl From<&SagaRecord> for SagaDoc {
             outbox: saga.outbox.clone(),
             pending_log: saga.pending_log.clone(),
             pending: saga.has_pending(),
+            moved_at: None,
         }
     }
 }
@@ -536,7 +657,7 @@ impl SagaStore for MongoStore {
             return self.finished_at(saga_id, version).await;
         };
         if cleared.phase.is_final() {
-            self.move_to_finished(&cleared).await?;
+            self.move_to_finished(cleared).await?;
         }
         Ok(true)
     }
@@ -553,37 +674,8 @@ impl SagaStore for MongoStore {
         if sagas.is_empty() {
             return Ok(Vec::new());
         }
-        let docs: Vec<SagaDoc> = sagas
-            .iter()
-            .map(|saga| {
-                // The pending timeline stays: the finished copy is where it is read (see the trait).
-                let mut doc = SagaDoc::from(saga);
-                doc.outbox.clear();
-                doc.pending = false;
-                doc
-            })
-            .collect();
-        let duplicates = match self.finished.insert_many(&docs).ordered(false).await {
-            Ok(_) => Vec::new(),
-            Err(e) => match &*e.kind {
-                ErrorKind::InsertMany(failure)
-                    if failure.write_concern_error.is_none()
-                        && failure.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == 11000)) =>
-                {
-                    failure.write_errors.iter().flatten().map(|w| w.index).collect()
-                }
-                _ => return Err(db("store finished sagas")(e)),
-            },
-        };
-        // Copies there already (a retried batch, or a saga that came back for a late note): the newer wins.
-        for index in duplicates {
-            let Some(doc) = docs.get(index) else { continue };
-            if self.finished_version(&doc.id).await?.is_some_and(|v| v >= doc.version) {
-                continue;
-            }
-            let by_id = doc! { "_id": doc.id.as_str() };
-            self.finished.replace_one(by_id, doc).upsert(true).await.map_err(db("store finished saga"))?;
-        }
+        // The pending timeline stays: the finished copy is where it is read (see the trait).
+        let docs = self.store_finished(sagas.iter().map(SagaDoc::from).collect()).await?;
         let remove = "remove finished sagas from the live ones";
         let deleted = if self.flavor == Flavor::FerretDb {
             self.delete_each_at_version(&docs).await.map_err(db(remove))?
@@ -893,20 +985,60 @@ impl SagaStore for MongoStore {
     }
 
     /// Scans `sagas_finished` for the state and the time each saga entered it.
-    async fn finished_census(&self) -> Result<StateSummary, Error> {
+    async fn finished_census(&self, moved_before: DateTime<Utc>) -> Result<StateSummary, Error> {
         let mut cursor = self
             .finished
             .clone_with_type::<Document>()
             .find(doc! {})
-            .projection(doc! { "_id": 0, "state": 1, "state_since": 1 })
+            .projection(doc! { "_id": 0, "state": 1, "state_since": 1, "moved_at": 1 })
             .await
             .map_err(db("read finished saga states"))?;
         let mut states = StateSummary::default();
         while let Some(doc) = cursor.try_next().await.map_err(db("read finished saga states"))? {
+            if doc.get_datetime("moved_at").is_ok_and(|at| at.to_chrono() >= moved_before) {
+                continue;
+            }
             if let (Ok(state), Ok(since)) = (doc.get_str("state"), doc.get_datetime("state_since")) {
                 states.add(state, since.to_chrono());
             }
         }
         Ok(states)
+    }
+
+    async fn flush_finished_tally(&self) -> Result<Option<DateTime<Utc>>, Error> {
+        let _one_at_a_time = self.tally.writing.lock().await;
+        let docs = self.tally.prepare();
+        if docs.is_empty() {
+            return Ok(None);
+        }
+        match self.tallies.insert_many(&docs).ordered(false).await {
+            Ok(_) => {}
+            // Written by an earlier try whose answer was lost.
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(db("write down finished sagas")(e)),
+        }
+        self.tally.lock().unwritten.clear();
+        Ok(docs.iter().filter_map(|d| d.get_datetime("minute").ok()).map(|m| m.to_chrono()).min())
+    }
+
+    async fn finished_tallies(&self) -> Result<Vec<FinishedTally>, Error> {
+        let read = "read the finished sagas written down";
+        let mut cursor = self.tallies.find(doc! {}).await.map_err(db(read))?;
+        let mut tallies = std::collections::BTreeMap::new();
+        while let Some(doc) = cursor.try_next().await.map_err(db(read))? {
+            let (Ok(minute), Ok(counts)) = (doc.get_datetime("minute"), doc.get_document("counts")) else { continue };
+            let counts: StateCounts = counts
+                .iter()
+                .filter_map(|(state, n)| Some((state.clone(), u64::try_from(n.as_i64()?).ok()?)))
+                .collect();
+            super::add_to_tally(&mut tallies, minute.to_chrono(), &counts);
+        }
+        Ok(tallies.into_iter().map(|(minute, counts)| FinishedTally { minute, counts }).collect())
+    }
+
+    async fn forget_finished_tallies(&self, before: DateTime<Utc>) -> Result<(), Error> {
+        let filter = doc! { "minute": { "$lt": bson::DateTime::from_chrono(before) } };
+        self.tallies.delete_many(filter).await.map_err(db("forget the finished sagas written down"))?;
+        Ok(())
     }
 }

@@ -97,7 +97,8 @@ impl World {
         // One seed in four settles every transition at once; the others defer as production does.
         let settle_after =
             if seed.is_multiple_of(4) { std::time::Duration::ZERO } else { orchestrator::settle::DEFAULT_SETTLE_AFTER };
-        let ports = Ports { store: Arc::new(MemoryStore::new()), kafka, clock, definitions, metrics, settle_after };
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let ports = Ports { store, kafka, clock, definitions, metrics, settle_after };
         let api = clients::Api::new(&ports, config.reply_partitions);
         let stores = ParticipantStores::default();
         let seeded = nodes::seed_stock(&stores, &ports.clock, &mut rng, config.skus).await;
