@@ -2,7 +2,9 @@
 //! deleted once the order has finished for good and a configurable period has passed. Sagas, timelines and
 //! events never held them. A parked (FAILED) order keeps them until an operator resolves it.
 //!
-//! Every instance may run the sweep: deleting by `_id` is idempotent.
+//! A sweep reads the personal data still stored (not every saga ever stored: on FerretDB that read is a scan)
+//! and, for each order stored before the retention period, its saga: the data goes once the saga finished for
+//! good and has not changed for the period. Every instance may run the sweep: deleting by `_id` is idempotent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,18 +35,16 @@ pub struct Retention {
     clock: Arc<dyn Clock>,
     settings: RetentionSettings,
     purged: Counter,
-    /// The last change time swept so far: later sweeps start after it (a restart sweeps everything once).
-    swept_up_to: tokio::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Retention {
     /// A sweeper over `store`, counting purges in `purged`.
     pub fn new(store: Arc<dyn SagaStore>, clock: Arc<dyn Clock>, settings: RetentionSettings, purged: Counter) -> Self {
-        Self { store, clock, settings, purged, swept_up_to: tokio::sync::Mutex::new(None) }
+        Self { store, clock, settings, purged }
     }
 
     /// Sweeps every interval, the first time one interval after the start, until `shutdown` (a sweep scans
-    /// the finished sagas on FerretDB: an instance that restarts does not add one).
+    /// the stored personal data on FerretDB: an instance that restarts does not add one).
     pub async fn run(self, shutdown: CancellationToken) {
         let first = tokio::time::Instant::now() + self.settings.interval;
         let mut ticks = tokio::time::interval_at(first, self.settings.interval);
@@ -99,18 +99,20 @@ impl Retention {
     pub async fn sweep(&self) -> Result<usize, crate::store::Error> {
         let keep = TimeDelta::from_std(self.settings.keep_for).unwrap_or(TimeDelta::MAX);
         let cutoff = self.clock.now() - keep;
-        let mut swept_up_to = self.swept_up_to.lock().await;
         let mut purged = 0;
-        loop {
-            let batch = self.store.finished_between(*swept_up_to, cutoff, 1000).await?;
-            let Some(&(_, last)) = batch.last() else { return Ok(purged) };
-            for (order_id, _) in &batch {
-                if self.store.purge_pii(*order_id).await? {
-                    purged += 1;
-                    self.purged.inc();
-                }
+        for order_id in self.store.pii_stored_before(cutoff).await? {
+            let expired = match self.store.get(order_id).await? {
+                // A parked (FAILED) order keeps its data for the operator; one still running or changed
+                // within the period keeps it too.
+                Some(saga) => saga.state.phase.is_final() && saga.updated_at < cutoff,
+                // No saga: the order was never created (its request failed after the data was stored).
+                None => true,
+            };
+            if expired && self.store.purge_pii(order_id).await? {
+                purged += 1;
+                self.purged.inc();
             }
-            *swept_up_to = Some(last);
         }
+        Ok(purged)
     }
 }

@@ -41,13 +41,21 @@ async fn place_in(h: &Harness, phase: Phase, age: TimeDelta, settled: bool) -> U
 #[tokio::test]
 async fn personal_data_of_orders_finished_longer_ago_than_the_period_is_deleted_once() {
     let h = Harness::new();
-    let long_ago = TimeDelta::hours(2);
-    let old_completed = order_in(&h, Phase::Completed, long_ago).await;
-    let old_cancelled = order_in(&h, Phase::Compensated, long_ago).await;
-    let old_resolved = order_in(&h, Phase::Resolved, long_ago).await;
-    let old_parked = order_in(&h, Phase::Failed, long_ago).await;
-    let old_running = order_in(&h, Phase::Running { step: 1, attempt: 1 }, long_ago).await;
-    let recent = order_in(&h, Phase::Completed, TimeDelta::minutes(5)).await;
+    let now = TimeDelta::zero();
+    let old_completed = order_in(&h, Phase::Completed, now).await;
+    let old_cancelled = order_in(&h, Phase::Compensated, now).await;
+    let old_resolved = order_in(&h, Phase::Resolved, now).await;
+    let old_parked = order_in(&h, Phase::Failed, now).await;
+    let old_running = order_in(&h, Phase::Running { step: 1, attempt: 1 }, now).await;
+    // Placed long ago, finished a few minutes ago (an operator resolved it late).
+    let late_resolved = order_in(&h, Phase::Failed, now).await;
+    h.clock.advance(TimeDelta::minutes(115));
+    let recent = order_in(&h, Phase::Completed, now).await;
+    h.clock.advance(TimeDelta::minutes(5));
+    let mut resolved = h.record(late_resolved).await;
+    let version = resolved.version;
+    (resolved.version, resolved.state.phase, resolved.updated_at) = (version + 1, Phase::Resolved, h.now());
+    h.store.replace(&resolved, version).await.expect("resolve");
 
     let purged = Counter::default();
     let store: Arc<dyn SagaStore> = h.store.clone();
@@ -57,15 +65,36 @@ async fn personal_data_of_orders_finished_longer_ago_than_the_period_is_deleted_
     for id in [old_completed, old_cancelled, old_resolved] {
         assert_eq!(h.store.get_pii(id).await.expect("read"), None, "purged {id}");
     }
-    for id in [old_parked, old_running, recent] {
+    for id in [old_parked, old_running, late_resolved, recent] {
         assert!(h.store.get_pii(id).await.expect("read").is_some(), "kept {id}");
     }
     assert_eq!(retention.sweep().await.expect("sweep again"), 0, "nothing twice");
 
-    h.clock.advance(TimeDelta::hours(1));
-    assert_eq!(retention.sweep().await.expect("sweep later"), 1, "the recent order's period ended");
-    assert_eq!(h.store.get_pii(recent).await.expect("read"), None);
-    assert_eq!(purged.get(), 4);
+    h.clock.advance(TimeDelta::minutes(61));
+    assert_eq!(retention.sweep().await.expect("sweep later"), 2, "the recent and late orders' period ended");
+    for id in [recent, late_resolved] {
+        assert_eq!(h.store.get_pii(id).await.expect("read"), None, "purged {id}");
+    }
+    assert_eq!(purged.get(), 5);
+}
+
+#[tokio::test]
+async fn personal_data_of_an_order_that_was_never_created_is_deleted_after_the_period() {
+    let h = Harness::new();
+    let orphan = Uuid::now_v7();
+    let pii = h.store.get_pii(h.place().await).await.expect("read").expect("an order's personal data");
+    h.store.insert_pii(orphan, &pii).await.expect("stored before its saga, which never was");
+    let store: Arc<dyn SagaStore> = h.store.clone();
+    let retention = Retention::new(
+        store,
+        h.clock.clone(),
+        RetentionSettings { keep_for: KEEP, interval: KEEP },
+        Counter::default(),
+    );
+    assert_eq!(retention.sweep().await.expect("sweep"), 0, "within the period");
+    h.clock.advance(TimeDelta::hours(2));
+    assert_eq!(retention.sweep().await.expect("sweep"), 1, "the orphan; the placed order is still running");
+    assert_eq!(h.store.get_pii(orphan).await.expect("read"), None);
 }
 
 #[tokio::test]

@@ -167,14 +167,9 @@ impl SagaStore for FaultyStore {
         after("store.purge_pii", self.inner.purge_pii(order_id).await, fault)
     }
 
-    async fn finished_between(
-        &self,
-        after_time: Option<DateTime<Utc>>,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
-        self.read("store.finished_between")?;
-        self.inner.finished_between(after_time, before, limit).await
+    async fn pii_stored_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, Error> {
+        self.read("store.pii_stored_before")?;
+        self.inner.pii_stored_before(before).await
     }
 
     async fn claim_idempotency_key(&self, key: &str, order_id: Uuid, request_hash: &str) -> Result<Claim, Error> {

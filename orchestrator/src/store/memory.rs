@@ -25,7 +25,8 @@ struct Inner {
     tallies: BTreeMap<DateTime<Utc>, StateCounts>,
     recorded_census: Option<RecordedCensus>,
     log: BTreeMap<(Uuid, u64), LogEntry>,
-    pii: BTreeMap<Uuid, OrderPii>,
+    /// The orders' personal data and when it was stored.
+    pii: BTreeMap<Uuid, (OrderPii, DateTime<Utc>)>,
     keys: BTreeMap<String, (Uuid, String)>,
 }
 
@@ -33,7 +34,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
-    /// When finished copies are made.
+    /// When finished copies are made and personal data is stored.
     clock: Arc<dyn Clock>,
 }
 
@@ -49,7 +50,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// An empty store that notes when finished copies are made by `clock`.
+    /// An empty store that notes when finished copies are made and personal data is stored by `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self { inner: Mutex::new(Inner::default()), clock }
     }
@@ -234,32 +235,20 @@ impl SagaStore for MemoryStore {
         if inner.pii.contains_key(&order_id) {
             return Err(Error::Duplicate { what: "order data", id: order_id.to_string() });
         }
-        inner.pii.insert(order_id, pii.clone());
+        inner.pii.insert(order_id, (pii.clone(), self.clock.now()));
         Ok(())
     }
 
     async fn get_pii(&self, order_id: Uuid) -> Result<Option<OrderPii>, Error> {
-        Ok(self.lock().pii.get(&order_id).cloned())
+        Ok(self.lock().pii.get(&order_id).map(|(pii, _)| pii.clone()))
     }
 
     async fn purge_pii(&self, order_id: Uuid) -> Result<bool, Error> {
         Ok(self.lock().pii.remove(&order_id).is_some())
     }
 
-    async fn finished_between(
-        &self,
-        after: Option<DateTime<Utc>>,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
-        let finished = |s: &&SagaRecord| {
-            s.state.phase.is_final() && s.updated_at < before && after.is_none_or(|a| s.updated_at > a)
-        };
-        let all = self.all();
-        let mut found: Vec<(Uuid, DateTime<Utc>)> = all.iter().filter(finished).map(|s| (s.id, s.updated_at)).collect();
-        found.sort_by_key(|(id, at)| (*at, *id));
-        found.truncate(limit);
-        Ok(found)
+    async fn pii_stored_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, Error> {
+        Ok(self.lock().pii.iter().filter(|(_, (_, at))| *at < before).map(|(id, _)| *id).collect())
     }
 
     async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {

@@ -188,15 +188,9 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// Deletes the order's personal data; returns whether there was any.
     async fn purge_pii(&self, order_id: Uuid) -> Result<bool, Error>;
 
-    /// Sagas that finished for good (COMPLETED, COMPENSATED, RESOLVED; not a parked FAILED, which an
-    /// operator may still need to act on) and last changed after `after` (if given) and before `before`,
-    /// oldest change first, at most `limit`, with the time of their last change.
-    async fn finished_between(
-        &self,
-        after: Option<DateTime<Utc>>,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error>;
+    /// The orders whose personal data is still stored and was stored before `before`: one read of the
+    /// personal data not purged yet (a scan of it on FerretDB), never of every saga stored; ids only.
+    async fn pii_stored_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, Error>;
 
     /// Live sagas finished for good, settled, and unchanged since before `before` (left among the live ones
     /// by a version that did not move them), with their versions, at most `limit`.

@@ -584,8 +584,11 @@ impl SagaStore for MongoStore {
             return Ok(());
         }
         ensure_indexes(&self.sagas, saga_indexes).await.map_err(db("create saga indexes"))?;
-        let finished_index = vec![index(doc! { "updated_at": 1 }, "updated", false)];
-        ensure_indexes(&self.finished, finished_index).await.map_err(db("create finished saga index"))?;
+        // The retention sweep reads the personal data by when it was stored (it read the finished sagas by
+        // their last change before; that index is dropped where it was created).
+        drop_indexes(&self.finished, &["updated".to_owned()]).await.map_err(db("drop finished saga index"))?;
+        let pii_index = vec![index(doc! { "created_at": 1 }, "created", false)];
+        ensure_indexes(&self.pii, pii_index).await.map_err(db("create personal data index"))?;
         ensure_indexes(&self.log, log_index).await.map_err(db("create saga_log index"))?;
         Ok(())
     }
@@ -865,30 +868,26 @@ impl SagaStore for MongoStore {
         Ok(result.deleted_count == 1)
     }
 
-    #[tracing::instrument(name = "db.saga.finished_between", skip_all, fields(
+    #[tracing::instrument(name = "db.orders_pii.stored_before", skip_all, fields(
         otel.kind = "client", db.system.name = "mongodb",
-        db.collection.name = "sagas", db.operation.name = "find"
+        db.collection.name = "orders_pii", db.operation.name = "find"
     ))]
-    async fn finished_between(
-        &self,
-        after: Option<DateTime<Utc>>,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
-        let mut updated = doc! { "$lt": bson_date(before) };
-        if let Some(after) = after {
-            updated.insert("$gt", bson_date(after));
+    async fn pii_stored_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, Error> {
+        let read = "find stored personal data";
+        let mut cursor = self
+            .pii
+            .clone_with_type::<Document>()
+            .find(doc! { "created_at": { "$lt": bson_date(before) } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(db(read))?;
+        let mut ids = Vec::new();
+        while let Some(doc) = cursor.try_next().await.map_err(db(read))? {
+            if let Some(id) = doc.get_str("_id").ok().and_then(|id| Uuid::parse_str(id).ok()) {
+                ids.push(id);
+            }
         }
-        let filter = doc! { "state": { "$in": FINAL_STATES.to_vec() }, "updated_at": updated };
-        let projection = Some(doc! { "_id": 1, "updated_at": 1 });
-        let docs = self.find_both(filter, doc! { "updated_at": 1 }, projection, limit, "find finished sagas").await?;
-        Ok(docs
-            .iter()
-            .filter_map(|d| {
-                let id = Uuid::parse_str(d.get_str("_id").ok()?).ok()?;
-                Some((id, d.get_datetime("updated_at").ok()?.to_chrono()))
-            })
-            .collect())
+        Ok(ids)
     }
 
     async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {

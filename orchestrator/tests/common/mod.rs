@@ -156,9 +156,9 @@ impl Harness {
         settle_after: std::time::Duration,
         handoff: bool,
     ) -> Self {
-        let store = Arc::new(MemoryStore::new());
-        let bus = Arc::new(TestBus::default());
         let clock = Arc::new(ManualClock::new(t0()));
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let bus = Arc::new(TestBus::default());
         let definitions = Arc::new(Definitions::builtin(STEP_TIMEOUT).expect("the built-in definitions are valid"));
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
