@@ -87,31 +87,42 @@ impl SagaGauges {
     }
 
     /// Updates the gauges every interval (the first time at once) until `shutdown` is cancelled; the
-    /// interval stretches when the census is slow (see [`store::scan_interval`]).
+    /// interval stretches when the census of the live sagas is slow (see [`store::scan_interval`]). The
+    /// finished sagas are counted alongside, so that a count of them one by one (minutes at a million) does
+    /// not hold up the live gauges: those take the latest finished counts (at the start, after waiting up to
+    /// an interval for the first).
     pub async fn run(self, shutdown: CancellationToken) {
+        let gauges = Arc::new(self);
+        let (finished_tx, mut finished) = tokio::sync::watch::channel(None::<StateSummary>);
+        let counter = {
+            let (gauges, shutdown) = (gauges.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Some(summary) = gauges.finished_counts().await {
+                        finished_tx.send_replace(Some(summary));
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(gauges.interval) => {}
+                    }
+                }
+            })
+        };
+        let _first = tokio::time::timeout(gauges.interval, finished.changed()).await;
         let mut wait = Duration::ZERO;
-        let mut finished = StateSummary::default();
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep(wait) => {}
             }
             let started = tokio::time::Instant::now();
-            let live = match self.live().await {
-                Ok(live) => Some(live),
-                Err(error) => {
-                    tracing::warn!(%error, "reading the saga gauges failed; retrying at the next interval");
-                    None
-                }
-            };
-            wait = slower("live", self.interval, started.elapsed());
-            if let Some(summary) = self.finished_counts().await {
-                finished = summary;
+            match gauges.live().await {
+                Ok(live) => gauges.set(&live, &finished.borrow_and_update().clone().unwrap_or_default()),
+                Err(error) => tracing::warn!(%error, "reading the saga gauges failed; retrying at the next interval"),
             }
-            if let Some(live) = &live {
-                self.set(live, &finished);
-            }
+            wait = slower("live", gauges.interval, started.elapsed());
         }
+        counter.abort();
     }
 
     /// The finished sagas per state: the recorded census plus the tallies since its cutoff (see the module),
