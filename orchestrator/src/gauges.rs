@@ -144,10 +144,11 @@ impl SagaGauges {
                 return None;
             }
         };
-        let previous = recorded.as_ref().and_then(|census| census.cutoff);
-        let (census, cutoff) = match (recorded, previous) {
-            (Some(census), Some(cutoff)) if !self.recount_due(&census, now, written) => (census, cutoff),
-            _ => self.recount(now, previous).await?,
+        let (census, cutoff) = match recorded {
+            Some(census @ RecordedCensus { cutoff: Some(cutoff), .. }) if !self.recount_due(&census, now, written) => {
+                (census, cutoff)
+            }
+            other => self.recount(now, other.as_ref()).await?,
         };
         let tallies = match self.store.finished_tallies().await {
             Ok(tallies) => tallies,
@@ -192,12 +193,20 @@ impl SagaGauges {
     }
 
     /// Counts the finished sagas one by one and records the census, for every instance; forgets the tallies
-    /// before `previous_cutoff` (the census it replaces), which no instance adds any more.
+    /// before the cutoff of the census it replaces (`previous`), which no instance adds any more. First it
+    /// records `previous` (if it has a cutoff) as counted now, so that the other instances do not count too.
     async fn recount(
         &self,
         now: DateTime<Utc>,
-        previous_cutoff: Option<DateTime<Utc>>,
+        previous: Option<&RecordedCensus>,
     ) -> Option<(RecordedCensus, DateTime<Utc>)> {
+        let previous_cutoff = previous.and_then(|census| census.cutoff);
+        if let Some(previous) = previous.filter(|census| census.cutoff.is_some()) {
+            let claimed = RecordedCensus { counted_at: Some(now), ..previous.clone() };
+            if let Err(error) = self.store.record_finished_census(&claimed).await {
+                tracing::warn!(%error, "recording the census of finished sagas failed");
+            }
+        }
         let cutoff = self.cutoff(now);
         let started = tokio::time::Instant::now();
         let states = match self.store.finished_census(cutoff).await {
@@ -207,8 +216,8 @@ impl SagaGauges {
                 return None;
             }
         };
-        self.tally_late.store(false, std::sync::atomic::Ordering::Relaxed);
         let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.tally_late.store(false, std::sync::atomic::Ordering::Relaxed);
         let census = RecordedCensus { states, at: now, took_ms, cutoff: Some(cutoff), counted_at: Some(now) };
         tracing::info!(took_ms, finished = census.states.total(), %cutoff, "counted the finished sagas one by one");
         self.record(&census, previous_cutoff).await;
