@@ -301,6 +301,7 @@ mod tests {
 
     use super::*;
     use crate::metrics::{STATES, STUCK_STATES, StateLabel};
+    use crate::model::{LogEntry, OrderPii, SagaRecord};
 
     fn t(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_767_225_600 + seconds, 0).expect("a valid instant")
@@ -428,6 +429,164 @@ mod tests {
         old.states.add_count("COMPLETED", 7);
         store.record_finished_census(&old).await.expect("record");
         assert_eq!(counts(second.finished_counts().await), Some((1, 1, 1)));
+    }
+
+    /// A memory store whose count of the finished sagas one by one waits until released.
+    #[derive(Debug, Default)]
+    struct SlowCount {
+        inner: crate::store::memory::MemoryStore,
+        started: std::sync::atomic::AtomicUsize,
+        release: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl SagaStore for SlowCount {
+        async fn finished_census(&self, moved_before: DateTime<Utc>) -> Result<StateSummary, store::Error> {
+            self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.release.notified().await;
+            self.inner.finished_census(moved_before).await
+        }
+        async fn prepare(&self) -> Result<(), store::Error> {
+            self.inner.prepare().await
+        }
+        async fn insert(&self, saga: &SagaRecord) -> Result<(), store::Error> {
+            self.inner.insert(saga).await
+        }
+        async fn get(&self, id: uuid::Uuid) -> Result<Option<SagaRecord>, store::Error> {
+            self.inner.get(id).await
+        }
+        async fn replace(&self, saga: &SagaRecord, expected: u64) -> Result<(), store::Error> {
+            self.inner.replace(saga, expected).await
+        }
+        async fn clear_pending(&self, id: uuid::Uuid, version: u64) -> Result<bool, store::Error> {
+            self.inner.clear_pending(id, version).await
+        }
+        async fn move_finished(&self, sagas: &[SagaRecord]) -> Result<Vec<uuid::Uuid>, store::Error> {
+            self.inner.move_finished(sagas).await
+        }
+        async fn append_log(&self, entries: &[LogEntry]) -> Result<(), store::Error> {
+            self.inner.append_log(entries).await
+        }
+        async fn timeline(&self, id: uuid::Uuid) -> Result<Vec<LogEntry>, store::Error> {
+            self.inner.timeline(id).await
+        }
+        async fn log_entry(&self, id: uuid::Uuid, seq: u64) -> Result<Option<LogEntry>, store::Error> {
+            self.inner.log_entry(id, seq).await
+        }
+        async fn list(&self, filter: &store::SagaFilter, limit: usize) -> Result<Vec<SagaRecord>, store::Error> {
+            self.inner.list(filter, limit).await
+        }
+        async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, store::Error> {
+            self.inner.recoverable(partitions, limit).await
+        }
+        async fn not_started(
+            &self,
+            partitions: &[i32],
+            before: DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<SagaRecord>, store::Error> {
+            self.inner.not_started(partitions, before, limit).await
+        }
+        async fn insert_pii(&self, id: uuid::Uuid, pii: &OrderPii) -> Result<(), store::Error> {
+            self.inner.insert_pii(id, pii).await
+        }
+        async fn get_pii(&self, id: uuid::Uuid) -> Result<Option<OrderPii>, store::Error> {
+            self.inner.get_pii(id).await
+        }
+        async fn purge_pii(&self, id: uuid::Uuid) -> Result<bool, store::Error> {
+            self.inner.purge_pii(id).await
+        }
+        async fn pii_stored_before(&self, before: DateTime<Utc>) -> Result<Vec<uuid::Uuid>, store::Error> {
+            self.inner.pii_stored_before(before).await
+        }
+        async fn unmoved_finished(
+            &self,
+            before: DateTime<Utc>,
+            limit: usize,
+        ) -> Result<Vec<(uuid::Uuid, u64)>, store::Error> {
+            self.inner.unmoved_finished(before, limit).await
+        }
+        async fn claim_idempotency_key(
+            &self,
+            key: &str,
+            id: uuid::Uuid,
+            hash: &str,
+        ) -> Result<store::Claim, store::Error> {
+            self.inner.claim_idempotency_key(key, id, hash).await
+        }
+        async fn census(&self, unsettled_before: DateTime<Utc>) -> Result<store::Census, store::Error> {
+            self.inner.census(unsettled_before).await
+        }
+        async fn recorded_finished_census(&self) -> Result<Option<RecordedCensus>, store::Error> {
+            self.inner.recorded_finished_census().await
+        }
+        async fn record_finished_census(&self, census: &RecordedCensus) -> Result<(), store::Error> {
+            self.inner.record_finished_census(census).await
+        }
+        async fn flush_finished_tally(&self) -> Result<Option<DateTime<Utc>>, store::Error> {
+            self.inner.flush_finished_tally().await
+        }
+        async fn finished_tallies(&self) -> Result<Vec<FinishedTally>, store::Error> {
+            self.inner.finished_tallies().await
+        }
+        async fn forget_finished_tallies(&self, before: DateTime<Utc>) -> Result<(), store::Error> {
+            self.inner.forget_finished_tallies(before).await
+        }
+    }
+
+    /// Polls `check` every 10 ms until it holds; panics after 10 s.
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_live_gauges_do_not_wait_for_a_count_of_the_finished_sagas_and_one_instance_counts() {
+        use saga_defs::Phase;
+
+        let store = Arc::new(SlowCount::default());
+        let clock = Arc::new(crate::clock::ManualClock::new(t(0)));
+        // A census a day old: due to be counted one by one.
+        let mut states = StateSummary::default();
+        states.add_count("COMPLETED", 5);
+        let day_old =
+            RecordedCensus { states, at: t(-60), took_ms: 10, cutoff: Some(t(-600)), counted_at: Some(t(-90_000)) };
+        store.record_finished_census(&day_old).await.expect("record");
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let gauges = |metrics| SagaGauges::new(store.clone(), clock.clone(), metrics, Duration::from_millis(20));
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(gauges(metrics.clone()).run(shutdown.clone()));
+        eventually("the count one by one started", || store.started.load(std::sync::atomic::Ordering::SeqCst) == 1)
+            .await;
+
+        // While it runs, a saga starts: the live gauges follow it.
+        store.insert(&SagaRecord::example(0, Phase::Running { step: 0, attempt: 1 })).await.expect("insert");
+        let count = |state: &str| metrics.in_state.get(&StateLabel { state: state.to_owned() }).map(|g| g.get());
+        eventually("the live gauges show the running saga", || count("RUNNING") == Some(1)).await;
+        assert_eq!(count("COMPLETED"), Some(0), "the finished counts are not known yet at this start");
+
+        // Another instance finds the census marked counted: it takes it as it is instead of counting too.
+        let other = gauges(Arc::new(Metrics::register(&mut Registry::default())));
+        let counted = tokio::time::timeout(Duration::from_secs(10), other.finished_counts()).await;
+        assert_eq!(counted.expect("not waiting for a count of its own").map(|s| s.count("COMPLETED")), Some(5));
+        assert_eq!(store.started.load(std::sync::atomic::Ordering::SeqCst), 1, "counted by one instance");
+
+        store.release.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let recorded = store.recorded_finished_census().await.expect("read").expect("recorded");
+            if recorded.states.total() == 0 {
+                assert_eq!(recorded.counted_at, Some(t(0)));
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the count did not replace the census: {recorded:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shutdown.cancel();
+        running.await.expect("the gauges stop");
     }
 
     #[test]
