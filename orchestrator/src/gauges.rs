@@ -159,9 +159,7 @@ impl SagaGauges {
         };
         let mut states = census.states.clone();
         for tally in tallies.iter().filter(|t| t.minute >= cutoff) {
-            for (state, n) in &tally.counts {
-                states.add_count(state, *n);
-            }
+            states.add_counts(&tally.counts);
         }
         let every = self.interval.saturating_mul(FOLD_EVERY);
         if (now - census.at).to_std().is_ok_and(|age| age >= every) {
@@ -235,9 +233,7 @@ impl SagaGauges {
         let new_cutoff = self.cutoff(now).max(cutoff);
         let mut states = census.states.clone();
         for tally in tallies.iter().filter(|t| t.minute >= cutoff && t.minute < new_cutoff) {
-            for (state, n) in &tally.counts {
-                states.add_count(state, *n);
-            }
+            states.add_counts(&tally.counts);
         }
         let folded = RecordedCensus { states, at: now, cutoff: Some(new_cutoff), ..census.clone() };
         tracing::debug!(%new_cutoff, finished = folded.states.total(), "folded the finished sagas' tallies");

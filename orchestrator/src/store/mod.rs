@@ -314,6 +314,13 @@ impl StateSummary {
         *self.counts.entry(state.to_owned()).or_insert(0) += n;
     }
 
+    /// Counts the sagas of `counts` too (when they entered their states is not known).
+    pub fn add_counts(&mut self, counts: &StateCounts) {
+        for (state, n) in counts {
+            self.add_count(state, *n);
+        }
+    }
+
     /// How many sagas are counted, in all states.
     pub fn total(&self) -> u64 {
         self.counts.values().sum()
