@@ -282,3 +282,125 @@ async fn concurrent_writers_of_one_database_all_finish_and_lose_nothing() {
     assert_eq!(created, 1);
     db.drop().await.expect("drop test database");
 }
+
+/// The patched FerretDB's write queue counters for `db` (transactions run, SQLite commits taken), from its
+/// debug endpoint (`FERRETDB_DEBUG_PORT`, 8088); `None` on MongoDB.
+async fn queued_writes(client: &Client, db: &str) -> Option<(u64, u64)> {
+    let flavor = platform::mongo::flavor(client).await.expect("buildInfo");
+    if flavor != platform::mongo::Flavor::FerretDb {
+        return None;
+    }
+    let port = std::env::var("FERRETDB_DEBUG_PORT").unwrap_or_else(|_| "8088".to_owned());
+    let url = format!("http://127.0.0.1:{port}/debug/metrics");
+    let text = reqwest::Client::new()
+        .get(&url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("FerretDB's metrics at {url}: {e}"))
+        .text()
+        .await
+        .expect("metrics text");
+    let counter = |name: &str| {
+        let prefix = format!("ferretdb_sqldb_{name}{{db=\"{db}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0, |v| v.trim().parse::<f64>().expect("a number") as u64)
+    };
+    assert!(
+        text.contains("ferretdb_sqldb_queued_writes_total"),
+        "FerretDB is not the build ops/mongo/mongo.sh installs (no write queue counters); restart it with `make infra-up`"
+    );
+    Some((counter("queued_writes_total"), counter("queued_commits_total")))
+}
+
+/// An `insert_many` refused for its document at `index` only, as a duplicate.
+fn only_a_duplicate_at(error: &mongodb::error::Error, index: usize) -> bool {
+    matches!(&*error.kind, ErrorKind::InsertMany(e)
+        if e.write_errors.as_ref().is_some_and(|w| w.len() == 1 && w[0].index == index && w[0].code == 11000))
+}
+
+/// Writes that reach a database together are committed together by the patched FerretDB (group commit, see
+/// ops/mongo/mongo.sh): each must still get its own outcome. Writers race to insert the same ids (one wins
+/// each; the others get a duplicate-key error and store nothing), insert batches whose last document is
+/// contested (the others stay either way), and replace their own documents at the current version (one
+/// match) and again at the old one (none).
+#[tokio::test]
+async fn writes_committed_together_keep_their_own_outcomes() {
+    const WRITERS: i64 = 16;
+    const ROUNDS: i64 = 12;
+    /// New documents per batch (FerretDB inserts at most 100 per SQL statement).
+    const BATCH: usize = 120;
+    let (client, db) = database("group-commit").await;
+    // The database exists (and with it FerretDB's counters for it) before the counters are read.
+    db.collection::<Document>("setup").insert_one(doc! { "_id": "created" }).await.expect("create the database");
+    let before = queued_writes(&client, db.name()).await;
+    let docs = db.collection::<Document>("docs");
+    let writer = |w: i64| {
+        let docs = docs.clone();
+        async move {
+            let mut won = Vec::new();
+            for i in 0..ROUNDS {
+                let contested = format!("c-{}", (i + w) % ROUNDS);
+                match docs.insert_one(doc! { "_id": &contested, "writer": w }).await {
+                    Ok(_) => won.push(contested),
+                    Err(e) if is_duplicate_key(&e) => {}
+                    Err(e) => panic!("insert {contested}: {e}"),
+                }
+                // More documents than FerretDB inserts per write (100), the last one contested: the batch is
+                // several writes, and FerretDB inserts the refused one's documents again one by one.
+                let own = format!("own-{w}-{i}");
+                let mut batch = vec![doc! { "_id": &own, "writer": w, "version": 1_i64 }];
+                batch.extend((1..BATCH).map(|k| doc! { "_id": format!("{own}-{k}"), "writer": w }));
+                batch.push(doc! { "_id": format!("b-{i}"), "writer": w });
+                match docs.insert_many(batch).await {
+                    Ok(_) => won.push(format!("b-{i}")),
+                    Err(e) if only_a_duplicate_at(&e, BATCH) => {}
+                    Err(e) => panic!("insert {own}.. and b-{i}: only b-{i} may be refused: {e}"),
+                }
+                let current = doc! { "_id": &own, "writer": w, "version": 2_i64 };
+                let replaced =
+                    docs.replace_one(doc! { "_id": &own, "version": 1_i64 }, current).await.expect("replace");
+                assert_eq!(replaced.matched_count, 1, "{own} at version 1");
+                let stale = doc! { "_id": &own, "writer": w, "version": 99_i64 };
+                let missed = docs.replace_one(doc! { "_id": &own, "version": 1_i64 }, stale).await.expect("replace");
+                assert_eq!(missed.matched_count, 0, "{own} is no longer at version 1");
+            }
+            (w, won)
+        }
+    };
+    let all = futures_util::future::join_all((0..WRITERS).map(writer));
+    let results = tokio::time::timeout(std::time::Duration::from_secs(120), all).await.expect("writers done in 120 s");
+
+    let mut winners = std::collections::BTreeMap::new();
+    for (w, won) in results {
+        for id in won {
+            assert!(winners.insert(id.clone(), w).is_none(), "{id} was inserted by two writers");
+        }
+    }
+    let rounds = usize::try_from(ROUNDS).expect("small");
+    assert_eq!(winners.len(), 2 * rounds, "every contested id has exactly one winner: {winners:?}");
+    for (id, w) in &winners {
+        let stored = docs.find_one(doc! { "_id": id }).await.expect("read").expect("the winner's document");
+        assert_eq!(stored.get_i64("writer").expect("writer"), *w, "{id} holds its winner's document");
+    }
+    let owned = docs.count_documents(doc! { "version": 2_i64 }).await.expect("count");
+    assert_eq!(owned, u64::try_from(WRITERS * ROUNDS).expect("small"), "every writer's own documents, replaced once");
+    let total = docs.count_documents(doc! {}).await.expect("count");
+    let batches = u64::try_from(BATCH).expect("small") * owned;
+    assert_eq!(total, batches + u64::try_from(2 * ROUNDS).expect("small"), "nothing else was stored");
+
+    if let (Some((writes_before, commits_before)), Some((writes, commits))) =
+        (before, queued_writes(&client, db.name()).await)
+    {
+        let (writes, commits) = (writes - writes_before, commits - commits_before);
+        eprintln!("{writes} writes from {WRITERS} writers at once took {commits} commits");
+        assert!(writes >= u64::try_from(WRITERS * ROUNDS * 4).expect("small"), "the queue ran {writes} writes");
+        assert!(
+            commits < writes,
+            "{writes} writes from {WRITERS} writers at once took {commits} commits: none was grouped"
+        );
+    }
+    db.drop().await.expect("drop test database");
+}
