@@ -418,9 +418,11 @@ impl Report {
         commands.sort();
         commands.dedup();
         let _ = writeln!(md, "## Database requests per saga (window; source: {})\n", first.source);
+        let commits = measured.iter().any(|(_, r)| r.commits_per_saga.is_some());
         let header: Vec<String> = commands.iter().map(|c| cell(c)).collect();
-        let _ = writeln!(md, "| point | all | {} |", header.join(" | "));
-        let _ = writeln!(md, "|---|---|{}", "---|".repeat(commands.len()));
+        let (commits_header, commits_rule) = if commits { (" SQLite commits |", "---|") } else { ("", "") };
+        let _ = writeln!(md, "| point | all |{commits_header} {} |", header.join(" | "));
+        let _ = writeln!(md, "|---|---|{commits_rule}{}", "---|".repeat(commands.len()));
         for (point, requests) in measured {
             let per = |n: u64| {
                 let sagas = point.terminal_in_window;
@@ -429,7 +431,19 @@ impl Report {
             let all = requests.per_saga.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}"));
             let cells: Vec<String> =
                 commands.iter().map(|c| per(requests.by_command.get(*c).copied().unwrap_or(0))).collect();
-            let _ = writeln!(md, "| {} | {all} | {} |", point.label, cells.join(" | "));
+            let commits_cell = if commits {
+                format!(" {} |", requests.commits_per_saga.map_or_else(|| "-".to_owned(), |n| format!("{n:.2}")))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(md, "| {} | {all} |{commits_cell} {} |", point.label, cells.join(" | "));
+        }
+        if commits {
+            let _ = writeln!(
+                md,
+                "\nSQLite commits: those of FerretDB's write queue, all databases; writes that waited for their \
+                 database together share one."
+            );
         }
         let _ = writeln!(md);
     }
@@ -564,6 +578,7 @@ pub(crate) mod tests {
                 source: "test".into(),
                 by_command: BTreeMap::from([("find".to_owned(), 150), ("insert".to_owned(), 110)]),
                 per_saga: Some(26.0),
+                commits_per_saga: Some(9.5),
             }),
             quiet_before: None,
         }
@@ -646,6 +661,8 @@ pub(crate) mod tests {
         );
         assert!(!md.contains("C=1 on a busy stack"), "{md}");
         assert!(md.contains("| C=1 | 3 | 4.00 / 8.00 / 12.0 |"), "{md}");
+        assert!(md.contains("| point | all | SQLite commits | find | insert |"), "{md}");
+        assert!(md.contains(" | 26.0 | 9.50 | "), "{md}");
         assert_tables_well_formed(&md);
     }
 
