@@ -198,8 +198,9 @@ impl SagaGauges {
         now: DateTime<Utc>,
         previous: Option<&RecordedCensus>,
     ) -> Option<(RecordedCensus, DateTime<Utc>)> {
+        let previous = previous.filter(|census| census.cutoff.is_some());
         let previous_cutoff = previous.and_then(|census| census.cutoff);
-        if let Some(previous) = previous.filter(|census| census.cutoff.is_some()) {
+        if let Some(previous) = previous {
             let claimed = RecordedCensus { counted_at: Some(now), ..previous.clone() };
             if let Err(error) = self.store.record_finished_census(&claimed).await {
                 tracing::warn!(%error, "recording the census of finished sagas failed");

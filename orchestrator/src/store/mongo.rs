@@ -874,20 +874,15 @@ impl SagaStore for MongoStore {
     ))]
     async fn pii_stored_before(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, Error> {
         let read = "find stored personal data";
-        let mut cursor = self
+        let cursor = self
             .pii
             .clone_with_type::<Document>()
             .find(doc! { "created_at": { "$lt": bson_date(before) } })
             .projection(doc! { "_id": 1 })
             .await
             .map_err(db(read))?;
-        let mut ids = Vec::new();
-        while let Some(doc) = cursor.try_next().await.map_err(db(read))? {
-            if let Some(id) = doc.get_str("_id").ok().and_then(|id| Uuid::parse_str(id).ok()) {
-                ids.push(id);
-            }
-        }
-        Ok(ids)
+        let docs = collect(cursor, read).await?;
+        Ok(docs.iter().filter_map(|d| Uuid::parse_str(d.get_str("_id").ok()?).ok()).collect())
     }
 
     async fn unmoved_finished(&self, before: DateTime<Utc>, limit: usize) -> Result<Vec<(Uuid, u64)>, Error> {
