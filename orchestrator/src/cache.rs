@@ -13,8 +13,9 @@
 //! that carries it (two do): it is in memory only while the saga is, and never logged.
 //!
 //! A saga the API has just stored is [handed](Handoff) to the cache with its personal data when this
-//! instance owns the saga's partition, so that starting it reads neither from the database; and its start
-//! message goes straight to the lane of its partition ([`Handoff::start`]) instead of a trip through Kafka.
+//! instance owns the saga's partition, so that publishing its start reads neither from the database; and its
+//! start message goes straight to the lane of its partition ([`Handoff::start`]) instead of a trip through
+//! Kafka.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -154,9 +155,10 @@ impl Handoff {
 
     /// Hands the start message of a saga just stored (and [handed over](Self::stored)) to the engine, if this
     /// instance owns `partition` and the engine takes starts in-process and has room for it. Returns false
-    /// when it did not: the caller publishes the message to Kafka, as any instance would. A start handed over
-    /// but not applied (the instance stops, the partition moves) is in the saga's stored outbox, so the
-    /// partition's owner publishes it when it recovers the partition, or the start sweep finds the saga.
+    /// when it did not: the caller publishes the message to Kafka, as any instance would. What the start of a
+    /// saga handed over but not applied (the instance stops, the partition moves) sent is in the saga's stored
+    /// outbox, so the partition's owner publishes it when it recovers the partition, or the start sweep finds
+    /// the saga.
     pub fn start(&self, partition: i32, message: Message, traceparent: Option<String>) -> bool {
         let Some(starts) = &self.starts else { return false };
         self.ownership.owns(partition) && starts.try_send(HandedStart { partition, message, traceparent }).is_ok()

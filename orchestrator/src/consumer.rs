@@ -7,7 +7,8 @@
 //!
 //! Start messages of sagas this instance's API has just stored in an owned partition are
 //! [handed over](crate::cache::Handoff::start) in-process and applied in their partition's lane, in their
-//! turn with its messages, without a trip through Kafka.
+//! turn with its messages, without a trip through Kafka: the lane publishes what the saga's start sent (the
+//! API stores sagas already started, see [`crate::engine::born`]).
 //!
 //! An offset is stored only after the message's transition is durable; librdkafka commits stored offsets.
 //! A transient failure (database or Kafka down) retries the same message with exponential back-off and
@@ -204,8 +205,8 @@ impl ReplyConsumer {
                     continue;
                 }
                 Some(start) = next_start(&mut starts) => {
-                    // Revoked since the API handed it over: the saga's next owner publishes the start from
-                    // the saga's outbox when it recovers the partition (the saga was stored before).
+                    // Revoked since the API handed it over: the saga's next owner publishes the saga's outbox
+                    // when it recovers the partition (the saga was stored before).
                     if consumer.context().ownership.owns(start.partition) {
                         lanes.send(start.partition, Job::Start(start)).await;
                     }
@@ -243,7 +244,7 @@ impl ReplyConsumer {
     }
 }
 
-/// The offset recorded as the origin of a start handed over in-process (it was read from no topic).
+/// The offset recorded as the origin of a start applied with the order (it was read from no topic).
 pub const HANDED_OVER: i64 = -1;
 
 /// Messages waiting in a lane at most; the consumer waits when one is full.
@@ -488,7 +489,8 @@ impl Worker {
 
     /// Applies a start message handed over by this instance's API, read from nowhere: its origin names the
     /// partition and [`HANDED_OVER`] for an offset. Returns false if shutdown interrupted the retries. A start
-    /// that cannot be applied for good is left to the start sweep (the saga stays stored, not started).
+    /// that cannot be applied for good is left to the start sweep (the saga stays stored, its start
+    /// unpublished).
     async fn start(&self, topic: &str, start: HandedStart, shutdown: &CancellationToken) -> bool {
         let HandedStart { partition, message, traceparent } = start;
         let span = tracing::info_span!(

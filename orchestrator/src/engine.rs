@@ -92,6 +92,10 @@ pub enum Outcome {
     UnknownSaga,
     /// The message is not one the orchestrator consumes (a command or an event on the reply topic).
     NotForOrchestrator,
+    /// A start for a saga stored already started (see [`born`]): what its start sent and was not known to be
+    /// published yet was published (`messages` of them; none if this instance had published them), and the
+    /// saga was neither written nor changed.
+    Published { messages: usize },
 }
 
 /// Applies messages to sagas.
@@ -167,6 +171,7 @@ impl Engine {
         let Some(event) = to_event(message) else { return Ok(Outcome::NotForOrchestrator) };
         let saga_id = message.meta.saga_id;
         let cached = self.cache.get(saga_id);
+        let from_cache = cached.is_some();
         let stored = if cached.is_none() { self.store.get(saga_id).await? } else { None };
         let Some(saga) = cached.or(stored) else {
             tracing::warn!(offset = origin.offset, partition = origin.partition, "message for an unknown saga");
@@ -175,7 +180,11 @@ impl Engine {
         };
         // Whatever fails from here (a version conflict with a stale cached copy included) is retried on the
         // saga as stored.
-        let applied = self.transition(saga, &event, message, origin).await;
+        let applied = if event == SagaEvent::Start && saga.state.phase != Phase::Started {
+            self.publish_start(saga, from_cache).await
+        } else {
+            self.transition(saga, &event, message, origin).await
+        };
         if applied.is_err() {
             self.cache.remove(saga_id);
         }
@@ -201,7 +210,7 @@ impl Engine {
             Some(fence) => (saga.state.clone(), vec![Action::Ignore(fence)]),
             None => apply(&saga.state, event, definition, now),
         };
-        let mut next = self.next_record(&saga, state, &actions, message, origin, definition, now);
+        let mut next = next_record(&saga, state, &actions, message, origin, definition, now);
         self.store.replace(&next, saga.version).await?;
         self.deadlines.track(&next);
         self.observe(&saga, &next, event, &actions, definition, now);
@@ -217,6 +226,30 @@ impl Engine {
         let outcome = outcome(&saga, &next, &actions);
         self.cache.put(next);
         Ok(outcome)
+    }
+
+    /// Publishes what the start of a saga stored already started sent (see [`born`]), when a start message
+    /// for it arrives: handed over by this instance's API, published by another instance's, or by the start
+    /// sweep. Nothing is written: the saga's start is its insert. What this instance published already (the
+    /// saga is `cached` or waits to be settled here, and its outbox is empty) is not published again; a copy
+    /// read from the store publishes its outbox, which may have gone out already (a duplicate, which every
+    /// consumer drops by message id). The saga is then cached and settled like a transition's.
+    async fn publish_start(&self, mut saga: SagaRecord, cached: bool) -> Result<Outcome, Error> {
+        if saga.outbox.is_empty() && (cached || self.unsettled.contains(saga.id)) {
+            return Ok(Outcome::Published { messages: 0 });
+        }
+        let messages = saga.outbox.len();
+        self.publish(&mut saga).await?;
+        self.deadlines.track(&saga);
+        let now = self.clock.now();
+        if saga.has_pending() && !self.unsettled.defer(&saga, now, self.settle_after) {
+            self.settle_now(&Settlement::of(&saga, now)).await?;
+            if !saga.state.phase.is_final() {
+                saga.pending_log.clear();
+            }
+        }
+        self.cache.put(saga);
+        Ok(Outcome::Published { messages })
     }
 
     fn definition(&self, saga: &SagaRecord) -> Result<&Definition, Error> {
@@ -436,58 +469,6 @@ impl Engine {
         Ok((topic, message))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn next_record(
-        &self,
-        saga: &SagaRecord,
-        state: SagaState,
-        actions: &[Action],
-        message: &Message,
-        origin: &Origin,
-        definition: &Definition,
-        now: DateTime<Utc>,
-    ) -> SagaRecord {
-        let mut next = saga.clone();
-        next.version = saga.version + 1;
-        next.updated_at = now;
-        let changed = state.phase != saga.state.phase;
-        if changed {
-            next.state_since = now;
-        }
-        next.state = state;
-        let cause = Some(message.meta.message_id);
-        let outbox_entry = |step, attempt, outgoing| OutboxEntry {
-            message_id: proto_events::ids::new_v7(),
-            causation_id: cause,
-            time: now,
-            step,
-            attempt,
-            outgoing,
-        };
-        let mut note = None;
-        for action in actions {
-            match action {
-                Action::Send { step, attempt, command } => {
-                    next.outbox.push(outbox_entry(*step, *attempt, Outgoing::Command { command: *command }));
-                }
-                Action::Ignore(fence) => note = Some(fence.describe()),
-            }
-        }
-        if changed {
-            let (step, attempt) = next.state.phase.step_attempt().unwrap_or((0, 0));
-            let event = transitioned(saga, &next, definition);
-            next.outbox.push(outbox_entry(step, attempt, Outgoing::Transitioned { event }));
-        }
-        if note.is_none() && next.state.reason != saga.state.reason {
-            // Why the saga now compensates or is parked.
-            note.clone_from(&next.state.reason);
-        }
-        let kind = if changed { EntryKind::Transition } else { EntryKind::Ignored };
-        let entry = log_entry(saga, &next, kind, message, origin, note, now);
-        next.pending_log.push(entry);
-        next
-    }
-
     /// Records the metrics of the transition from `before` to `after` by `event` (see [`crate::metrics`]).
     fn observe(
         &self,
@@ -525,6 +506,69 @@ impl Engine {
             tracing::info!(status = after.status().as_str(), seconds, "saga finished");
         }
     }
+}
+
+/// A new saga as the API inserts it: `created` (version 1, in STARTED, its creation on its timeline) with
+/// `start` applied (version 2: its first command and lifecycle event in its outbox, the transition on its
+/// timeline, received from no topic). The insert is the start's durable transition, so starting a saga
+/// costs no write of its own; the start message then only asks the partition's owner to publish the outbox
+/// ([`Outcome::Published`]). Sagas stored in STARTED by earlier versions still start by a transition.
+pub fn born(created: &SagaRecord, start: &Message, definition: &Definition, now: DateTime<Utc>) -> SagaRecord {
+    let (state, actions) = apply(&created.state, &SagaEvent::Start, definition, now);
+    let origin =
+        Origin { topic: topics::REPLY.to_owned(), partition: created.partition, offset: crate::consumer::HANDED_OVER };
+    next_record(created, state, &actions, start, &origin, definition, now)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn next_record(
+    saga: &SagaRecord,
+    state: SagaState,
+    actions: &[Action],
+    message: &Message,
+    origin: &Origin,
+    definition: &Definition,
+    now: DateTime<Utc>,
+) -> SagaRecord {
+    let mut next = saga.clone();
+    next.version = saga.version + 1;
+    next.updated_at = now;
+    let changed = state.phase != saga.state.phase;
+    if changed {
+        next.state_since = now;
+    }
+    next.state = state;
+    let cause = Some(message.meta.message_id);
+    let outbox_entry = |step, attempt, outgoing| OutboxEntry {
+        message_id: proto_events::ids::new_v7(),
+        causation_id: cause,
+        time: now,
+        step,
+        attempt,
+        outgoing,
+    };
+    let mut note = None;
+    for action in actions {
+        match action {
+            Action::Send { step, attempt, command } => {
+                next.outbox.push(outbox_entry(*step, *attempt, Outgoing::Command { command: *command }));
+            }
+            Action::Ignore(fence) => note = Some(fence.describe()),
+        }
+    }
+    if changed {
+        let (step, attempt) = next.state.phase.step_attempt().unwrap_or((0, 0));
+        let event = transitioned(saga, &next, definition);
+        next.outbox.push(outbox_entry(step, attempt, Outgoing::Transitioned { event }));
+    }
+    if note.is_none() && next.state.reason != saga.state.reason {
+        // Why the saga now compensates or is parked.
+        note.clone_from(&next.state.reason);
+    }
+    let kind = if changed { EntryKind::Transition } else { EntryKind::Ignored };
+    let entry = log_entry(saga, &next, kind, message, origin, note, now);
+    next.pending_log.push(entry);
+    next
 }
 
 /// The step (as labelled) and outcome of the attempt that `event` ended, if the saga was waiting for the

@@ -6,7 +6,9 @@
 //! Deadlines are kept in memory by the partition owner ([`Deadlines`]): loaded from the store when a
 //! partition is assigned, updated by the engine with every transition, dropped when the partition is
 //! revoked. So the timer costs no database query per tick. A slower sweep re-publishes `saga.start` for
-//! sagas that were stored but never started (the API's own publication failed).
+//! sagas whose start may not have gone out (the API's own publication or handoff failed, or its instance
+//! stopped): the API stores a saga already started, and the start message asks the partition's owner to
+//! publish what the start sent (see [`crate::engine::born`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,9 +32,9 @@ use crate::store::SagaStore;
 pub struct TimerSettings {
     /// Time between looks at the deadlines.
     pub interval: Duration,
-    /// How long a stored saga may stay in STARTED before its start is published again.
+    /// How long a stored saga's start may stay unpublished before its start message is published again.
     pub start_grace: Duration,
-    /// How often the store is swept for such sagas (at least `start_grace`). The sweep filters on the state,
+    /// How often the store is swept for such sagas (at least `start_grace`). The sweep filters on the state and version,
     /// which FerretDB answers by scanning the whole collection, so it is kept rare: it only catches a start
     /// whose publication was lost when the instance that took the order died.
     pub start_sweep_every: Duration,
@@ -227,7 +229,9 @@ impl Timer {
         Ok(published)
     }
 
-    /// Publishes the start of sagas in owned partitions that stayed in STARTED for longer than `grace`.
+    /// Publishes the start message of sagas in owned partitions whose start may not have gone out, stored more
+    /// than `grace` ago (see [`SagaStore::not_started`]). A saga whose start did go out costs its owner
+    /// nothing but the message: the owner publishes only what it has not published itself.
     async fn sweep_not_started(&mut self, now: DateTime<Utc>, grace: TimeDelta) -> anyhow::Result<usize> {
         let partitions = self.ownership.partitions();
         if partitions.is_empty() {
@@ -240,7 +244,7 @@ impl Timer {
                 continue;
             }
             let span = saga_span(saga.id, saga.correlation_id, saga.traceparent.as_deref());
-            span.in_scope(|| tracing::info!("publishing the start of a saga that did not start"));
+            span.in_scope(|| tracing::info!("publishing the start of a saga whose start may not have gone out"));
             let meta = meta(saga.id, saga.correlation_id, 0, 0, now);
             let start = Message::new(meta, Body::Start(StartSaga {}))?;
             self.bus.publish(topics::REPLY, &start).instrument(span).await?;

@@ -6,7 +6,7 @@ mod common;
 
 use axum::body::Body as HttpBody;
 use axum::http::{Request, StatusCode, header};
-use proto_events::{Body, topics};
+use proto_events::{Body, Reply, topics};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -70,11 +70,19 @@ async fn placing_an_order_answers_202_with_its_location_and_stores_and_starts_on
     let id = order_id(&answer);
     let href = format!("/v1/orders/{id}");
     assert_eq!(answer.location.as_deref(), Some(href.as_str()));
-    assert_eq!(answer.body, json!({ "order_id": id, "status": "PENDING", "state": "STARTED", "href": href }));
+    assert_eq!(answer.body, json!({ "order_id": id, "status": "PENDING", "state": "RUNNING", "href": href }));
 
+    // Stored already started: its creation and its start are written together, with what the start sends.
     let sagas = h.store.all();
     assert_eq!(sagas.len(), 1);
-    assert_eq!((sagas[0].id, sagas[0].version, sagas[0].order.amount_cents), (id, 1, 2500));
+    assert_eq!((sagas[0].id, sagas[0].version, sagas[0].order.amount_cents), (id, 2, 2500));
+    assert_eq!(
+        sagas[0].pending_log.iter().map(|e| (e.from.as_str(), e.to.as_str())).collect::<Vec<_>>(),
+        [("", "STARTED"), ("STARTED", "RUNNING")]
+    );
+    let outgoing: Vec<&str> = sagas[0].pending_log[1].sent.iter().map(|s| s.message_type.as_str()).collect();
+    assert_eq!(outgoing, ["inventory.reserve", "saga.transitioned"]);
+    assert_eq!(sagas[0].outbox.len(), 2, "published by the owner of the saga's partition, not by the API");
     let published = h.bus.take();
     assert_eq!(published.len(), 1, "{published:?}");
     assert_eq!(published[0].0, topics::REPLY);
@@ -104,22 +112,24 @@ async fn reading_an_order_answers_its_status_state_and_step() {
     let body = &answer.body;
     assert_eq!(
         (body["order_id"].clone(), body["status"].clone(), body["state"].clone()),
-        (json!(id), json!("PENDING"), json!("STARTED"))
+        (json!(id), json!("PENDING"), json!("RUNNING"))
     );
     assert_eq!(
         (body["step"].clone(), body["attempt"].clone(), body["version"].clone()),
-        (Value::Null, Value::Null, json!(1))
+        (json!("reserve_stock"), json!(1), json!(2))
     );
     assert_eq!((body["amount_cents"].clone(), body["currency"].clone()), (json!(2500), json!("EUR")));
     assert_eq!(body["items"], json!([{ "sku": "SKU-1", "quantity": 2, "unit_price_cents": 1250 }]));
 
     h.apply(&start).await;
+    let reserve = h.bus.take().into_iter().find_map(|(_, m)| matches!(m.body, Body::Command(_)).then_some(m));
+    h.apply(&h.reply(&reserve.expect("the reserve command"), Reply::ok())).await;
     let answer = h.get(&path).await;
     let body = &answer.body;
     assert_eq!((body["status"].clone(), body["state"].clone()), (json!("PENDING"), json!("RUNNING")));
     assert_eq!(
         (body["step"].clone(), body["attempt"].clone(), body["version"].clone()),
-        (json!("reserve_stock"), json!(1), json!(2))
+        (json!("charge_payment"), json!(1), json!(3))
     );
 }
 

@@ -86,6 +86,10 @@ fn transitioned(from: &'static str, to: &'static str) -> Outcome {
     Outcome::Transitioned { from, to }
 }
 
+/// A start message's outcome: the API stored the saga started, with its first command and lifecycle event
+/// in its outbox, and the owner published both.
+const START_PUBLISHED: Outcome = Outcome::Published { messages: 2 };
+
 fn at(offset: Duration) -> DateTime<Utc> {
     t0() + TimeDelta::from_std(offset).expect("a representable offset")
 }
@@ -170,7 +174,7 @@ async fn assert_ignored(h: &Harness, message: &Message, prefix: &str) -> String 
 /// Places an order and starts its saga; returns the saga id, the start message and the reserve command.
 async fn started(h: &Harness) -> (Uuid, Message, Message) {
     let (id, start) = h.place_and_take_start().await;
-    assert_eq!(h.apply(&start).await, transitioned("STARTED", "RUNNING"));
+    assert_eq!(h.apply(&start).await, START_PUBLISHED);
     let reserve = Published::split(h.bus.take()).command().clone();
     (id, start, reserve)
 }
@@ -222,8 +226,12 @@ async fn an_order_reserves_charges_and_ships_then_completes() {
     let h = Harness::new();
     let (id, start) = h.place_and_take_start().await;
     let customer_ref = h.refs.of(CUSTOMER);
+    let placed = h.record(id).await;
+    assert_eq!((placed.state.phase, placed.version), (Phase::Running { step: 0, attempt: 1 }, 2), "stored started");
 
-    assert_eq!(h.apply(&start).await, transitioned("STARTED", "RUNNING"));
+    assert_eq!(h.apply(&start).await, START_PUBLISHED);
+    let published = h.record(id).await;
+    assert_eq!((published.version, &published.state), (placed.version, &placed.state), "no transition written");
     let step = Published::split(h.bus.take());
     assert_eq!(step.all.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), [topics::CMD_INVENTORY, topics::EVENT]);
     let reserve = step.command().clone();
@@ -294,7 +302,7 @@ async fn the_engine_hands_each_status_change_to_its_own_event_streams_once_it_is
     let (id, start) = h.place_and_take_start().await;
     let origin = engine::Origin { topic: "saga.reply".into(), partition: partition_of(id), offset: 7 };
     let outcome = engine.handle(&start, &origin).await.expect("the start is applied");
-    assert_eq!(outcome, transitioned("STARTED", "RUNNING"));
+    assert_eq!(outcome, START_PUBLISHED);
 
     let change = changes.try_recv().expect("the change reached this instance's streams");
     let published = Published::split(h.bus.take());
@@ -316,7 +324,7 @@ async fn a_saga_handed_over_by_the_api_runs_on_its_cached_copy_and_personal_data
     // Gone from the store: only the handed-over copy can give the payment its token.
     assert!(h.store.purge_pii(id).await.expect("the memory store does not fail"));
 
-    assert_eq!(h.apply(&start).await, transitioned("STARTED", "RUNNING"));
+    assert_eq!(h.apply(&start).await, START_PUBLISHED);
     let reserve = Published::split(h.bus.take()).command().clone();
     assert_eq!(h.apply(&h.reply(&reserve, Reply::ok())).await, transitioned("RUNNING", "RUNNING"));
     let charge = Published::split(h.bus.take()).command().clone();
@@ -335,17 +343,28 @@ async fn a_saga_handed_over_by_the_api_runs_on_its_cached_copy_and_personal_data
 }
 
 #[tokio::test]
-async fn the_start_message_published_by_the_api_is_fenced_as_duplicate_when_redelivered() {
+async fn a_redelivered_start_publishes_nothing_again_and_writes_nothing() {
     let h = Harness::new();
     let (id, start) = h.place_and_take_start().await;
-    assert_eq!(h.apply(&start).await, transitioned("STARTED", "RUNNING"));
+    assert_eq!(h.apply(&start).await, START_PUBLISHED);
     let first = Published::split(h.bus.take());
     assert_eq!(command_kind(first.command()), CommandKind::InventoryReserve);
+    let before = h.record(id).await;
 
-    let reason = assert_ignored(&h, &start, "duplicate:").await;
-    assert!(reason.contains("already running"), "{reason}");
-    assert_eq!(h.record(id).await.state.phase, Phase::Running { step: 0, attempt: 1 });
-    assert_eq!(fenced(&h, "duplicate"), 1);
+    assert_eq!(h.apply(&start).await, Outcome::Published { messages: 0 }, "published by this instance already");
+    assert_eq!(h.bus.take(), Vec::new());
+    assert_eq!(h.record(id).await, before);
+    assert_eq!(fenced(&h, "duplicate"), 0, "nothing was applied, so nothing was fenced");
+
+    // An instance without a cached copy (another one, or this one after a restart) finds the start settled
+    // (published, its outbox emptied): nothing to publish either.
+    let other = h.engine.clone();
+    other.cache().remove(id);
+    other.unsettled().remove(id);
+    let origin = engine::Origin { topic: topics::REPLY.into(), partition: partition_of(id), offset: 9 };
+    assert_eq!(other.handle(&start, &origin).await.expect("applied"), Outcome::Published { messages: 0 });
+    assert_eq!(h.bus.take(), Vec::new());
+    assert_eq!(h.record(id).await, before);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -630,18 +649,21 @@ async fn a_command_or_event_on_the_reply_topic_is_not_applied() {
 async fn the_timeline_numbers_every_change_and_names_what_was_received_and_sent() {
     let h = Harness::new();
     let (id, start) = h.place_and_take_start().await;
-    // (message applied, what it published), in order.
+    // (message applied, what it published), in order: the start, the reservation's reply, a duplicate of it
+    // (fenced), the charge's and the shipment's replies.
     let mut steps: Vec<(Message, Published)> = Vec::new();
     h.apply(&start).await;
     steps.push((start.clone(), Published::split(h.bus.take())));
-    h.apply(&start).await;
-    steps.push((start.clone(), Published::split(h.bus.take())));
-    for _ in 0..3 {
+    for n in 0..3 {
         advance(&h, Duration::from_millis(250));
         let command = steps.iter().rev().find_map(|(_, p)| p.commands.first()).expect("a command").clone();
         let reply = h.reply(&command, Reply::ok());
         h.apply(&reply).await;
-        steps.push((reply, Published::split(h.bus.take())));
+        steps.push((reply.clone(), Published::split(h.bus.take())));
+        if n == 0 {
+            h.apply(&reply).await;
+            steps.push((reply, Published::split(h.bus.take())));
+        }
     }
 
     let timeline = h.store.timeline(id).await.expect("timeline");
@@ -649,7 +671,7 @@ async fn the_timeline_numbers_every_change_and_names_what_was_received_and_sent(
     assert!(timeline.iter().all(|e| e.saga_id == id));
     let kinds: Vec<EntryKind> = timeline.iter().map(|e| e.kind).collect();
     use EntryKind::{Created, Ignored, Transition};
-    assert_eq!(kinds, [Created, Transition, Ignored, Transition, Transition, Transition]);
+    assert_eq!(kinds, [Created, Transition, Transition, Ignored, Transition, Transition]);
     let states: Vec<(&str, &str)> = timeline.iter().map(|e| (e.from.as_str(), e.to.as_str())).collect();
     assert_eq!(
         states,
@@ -665,13 +687,19 @@ async fn the_timeline_numbers_every_change_and_names_what_was_received_and_sent(
     let positions: Vec<(Option<u16>, Option<u32>)> = timeline.iter().map(|e| (e.step, e.attempt)).collect();
     assert_eq!(
         positions,
-        [(None, None), (Some(0), Some(1)), (Some(0), Some(1)), (Some(1), Some(1)), (Some(2), Some(1)), (None, None)]
+        [(None, None), (Some(0), Some(1)), (Some(1), Some(1)), (Some(1), Some(1)), (Some(2), Some(1)), (None, None)]
     );
 
     let created = &timeline[0];
     assert_eq!((created.at, &created.received, created.sent.len()), (t0(), &None, 0));
-    let origins = h.origins();
+    // The start was applied with the order, read from no topic; the others where the harness read them.
+    let mut origins = h.origins();
     assert_eq!(origins.len(), steps.len());
+    origins[0].1 = engine::Origin {
+        topic: topics::REPLY.to_owned(),
+        partition: partition_of(id),
+        offset: orchestrator::consumer::HANDED_OVER,
+    };
     for ((entry, (message, published)), (message_id, origin)) in timeline[1..].iter().zip(&steps).zip(&origins) {
         let received = entry.received.as_ref().expect("the message received");
         assert_eq!((received.message_id, *message_id), (message.meta.message_id, message.meta.message_id));
@@ -695,6 +723,7 @@ async fn the_timeline_numbers_every_change_and_names_what_was_received_and_sent(
             .collect();
         assert_eq!(sent, published, "entry {} names exactly what was published", entry.seq);
     }
+    assert_eq!(timeline[1].at, t0(), "the start is written with the order");
     assert_eq!(timeline[5].at, at_millis(750));
     assert_eq!(h.record(id).await.version, 6, "the last entry's seq is the saga's version");
 }
@@ -723,24 +752,88 @@ async fn the_timeline_says_why_a_saga_compensates() {
 // ---------------------------------------------------------------------------------------------------------
 // Crash safety: the outbox
 
+/// The saga as stored by the API, which must be started with its start's messages unpublished: at the first
+/// step (version 2), the reserve command and the lifecycle event in its outbox.
+async fn stored_started(h: &Harness, id: Uuid) -> orchestrator::model::SagaRecord {
+    let stored = h.record(id).await;
+    assert_eq!((stored.state.phase, stored.version), (Phase::Running { step: 0, attempt: 1 }, 2));
+    let outgoing: Vec<&Outgoing> = stored.outbox.iter().map(|e| &e.outgoing).collect();
+    assert!(
+        matches!(
+            outgoing.as_slice(),
+            [Outgoing::Command { command: CommandKind::InventoryReserve }, Outgoing::Transitioned { .. }]
+        ),
+        "{outgoing:?}"
+    );
+    stored
+}
+
 #[tokio::test]
-async fn an_order_placed_while_kafka_is_down_is_accepted_and_started_by_recovery() {
+async fn an_order_placed_while_kafka_is_down_is_accepted_and_its_start_published_by_recovery_or_the_sweep() {
     let h = Harness::new();
     h.bus.fail(true);
     let id = h.place().await;
-    let stored = h.record(id).await;
-    assert_eq!((stored.state.phase, stored.version), (Phase::Started, 1));
-    assert!(matches!(stored.outbox.as_slice(), [entry] if entry.outgoing == Outgoing::Start), "{stored:?}");
+    let stored = stored_started(&h, id).await;
     assert_eq!(h.bus.take(), Vec::new());
-
     h.bus.fail(false);
+
+    // The owner's start sweep asks for the start of sagas stored before the grace period: this one is among
+    // them once that period has passed.
+    let partition = [partition_of(id)];
+    let not_started = |before| h.store.not_started(&partition, before, 10);
+    assert_eq!(not_started(h.now()).await.expect("memory").len(), 0, "stored at this instant, not before");
+    advance(&h, Duration::from_millis(1));
+    let found = not_started(h.now()).await.expect("memory");
+    assert_eq!(found.iter().map(|s| s.id).collect::<Vec<_>>(), [id]);
+
+    // Recovery of the partition publishes exactly the outbox, with the stored ids.
     assert_eq!(h.engine.recover(&[partition_of(id)]).await.expect("recover"), 1);
+    let published = Published::split(h.bus.take());
+    assert_eq!(published.ids(), stored.outbox.iter().map(|e| e.message_id).collect::<Vec<_>>());
+    assert_eq!(brief(published.event()), ("STARTED", "RUNNING", OrderStatus::Pending, Some("reserve_stock"), 2));
+    assert!(not_started(h.now()).await.expect("memory").is_empty(), "settled: its start went out");
+}
+
+#[tokio::test]
+async fn a_saga_stored_in_started_by_an_earlier_version_still_starts_by_a_transition() {
+    let h = Harness::new();
+    let (id, start) = h.place_and_take_start().await;
+    // Its start published and settled, so that only the saga below waits for a start in any partition.
+    assert_eq!(h.apply(&start).await, START_PUBLISHED);
+    h.bus.take();
+    let placed = h.record(id).await;
+    let start = orchestrator::model::OutboxEntry {
+        message_id: Uuid::now_v7(),
+        causation_id: None,
+        time: placed.created_at,
+        step: 0,
+        attempt: 0,
+        outgoing: Outgoing::Start,
+    };
+    let mut earlier = placed.clone();
+    earlier.id = Uuid::now_v7();
+    earlier.partition = partition_of(earlier.id);
+    earlier.version = 1;
+    earlier.state = saga_defs::SagaState::new();
+    earlier.outbox = vec![start.clone()];
+    let mut created = h.store.timeline(id).await.expect("timeline").swap_remove(0);
+    assert_eq!(created.kind, EntryKind::Created);
+    created.saga_id = earlier.id;
+    earlier.pending_log = vec![created];
+    h.store.insert(&earlier).await.expect("stored");
+    let id = earlier.id;
+    assert_eq!(
+        h.store.not_started(&[earlier.partition], h.now() + TimeDelta::seconds(1), 10).await.expect("memory").len(),
+        1
+    );
+
+    assert_eq!(h.engine.recover(&[earlier.partition]).await.expect("recover"), 1);
     let published = h.bus.take();
-    let [(topic, start)] = published.as_slice() else { panic!("one start message: {published:?}") };
-    assert_eq!((topic.as_str(), start.meta.message_id), (topics::REPLY, stored.outbox[0].message_id));
-    assert!(matches!(start.body, Body::Start(_)));
-    assert_eq!(h.apply(start).await, transitioned("STARTED", "RUNNING"));
+    let [(topic, message)] = published.as_slice() else { panic!("its start: {published:?}") };
+    assert_eq!((topic.as_str(), message.meta.message_id), (topics::REPLY, start.message_id));
+    assert_eq!(h.apply(message).await, transitioned("STARTED", "RUNNING"));
     assert_eq!(command_kind(Published::split(h.bus.take()).command()), CommandKind::InventoryReserve);
+    assert_eq!(h.record(id).await.version, 2);
 }
 
 #[tokio::test]
@@ -751,16 +844,7 @@ async fn a_failed_publication_keeps_the_transition_and_recovery_publishes_exactl
 
     let error = h.handle(&start).await.expect_err("Kafka is down");
     assert!(matches!(error, engine::Error::Bus(_)) && error.is_transient(), "{error}");
-    let stored = h.record(id).await;
-    assert_eq!((stored.state.phase, stored.version), (Phase::Running { step: 0, attempt: 1 }, 2), "stored first");
-    let outgoing: Vec<&Outgoing> = stored.outbox.iter().map(|e| &e.outgoing).collect();
-    assert!(
-        matches!(
-            outgoing.as_slice(),
-            [Outgoing::Command { command: CommandKind::InventoryReserve }, Outgoing::Transitioned { .. }]
-        ),
-        "{outgoing:?}"
-    );
+    let stored = stored_started(&h, id).await;
     assert_eq!(
         stored.pending_log.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [1, 2],

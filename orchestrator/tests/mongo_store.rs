@@ -424,19 +424,28 @@ async fn unsettled_and_not_started_sagas_are_selected_by_partition_and_state() {
     new_start.created_at = secs(10);
     let mut other_start = settled(5, Phase::Started, None);
     other_start.created_at = secs(-10);
-    for saga in [&pending_0, &settled_0, &pending_1, &pending_3, &log_only, &old_start, &new_start, &other_start] {
+    // Stored started (version 2), its start's messages in its outbox; and one whose start went out (settled).
+    let mut born = saga(1, Phase::Running { step: 0, attempt: 1 }, None);
+    born.version = 2;
+    let mut born_published = settled(1, Phase::Running { step: 0, attempt: 1 }, None);
+    born_published.version = 2;
+    let all = [&pending_0, &settled_0, &pending_1, &pending_3, &log_only, &old_start, &new_start, &other_start];
+    for saga in all.into_iter().chain([&born, &born_published]) {
         store.insert(saga).await.expect("insert");
     }
 
     let pending = store.recoverable(&[0, 1], 10).await.expect("recoverable");
-    assert_eq!(ids(&pending), BTreeSet::from([pending_0.id, pending_1.id, log_only.id]));
+    assert_eq!(ids(&pending), BTreeSet::from([pending_0.id, pending_1.id, log_only.id, born.id]));
     assert!(pending.contains(&pending_0), "whole records: {pending:?}");
     assert!(store.recoverable(&[2], 10).await.expect("recoverable").is_empty());
 
     let started = |before, limit| store.not_started(&[0, 1], before, limit);
-    assert_eq!(ids(&started(secs(5), 10).await.expect("not started")), BTreeSet::from([old_start.id]));
-    assert_eq!(started(secs(5), 10).await.expect("not started"), std::slice::from_ref(&old_start));
-    assert_eq!(ids(&started(secs(11), 10).await.expect("not started")), BTreeSet::from([old_start.id, new_start.id]));
+    assert_eq!(ids(&started(secs(5), 10).await.expect("not started")), BTreeSet::from([old_start.id, born.id]));
+    assert!(started(secs(5), 10).await.expect("not started").contains(&born), "whole records");
+    assert_eq!(
+        ids(&started(secs(11), 10).await.expect("not started")),
+        BTreeSet::from([old_start.id, new_start.id, born.id])
+    );
     assert_eq!(started(secs(11), 1).await.expect("not started").len(), 1, "at most the limit");
     assert!(started(t0(), 10).await.expect("not started").is_empty(), "created before, strictly");
     db.drop().await.expect("drop the test database");

@@ -21,7 +21,7 @@ use super::AppState;
 use super::extract::json_body;
 use super::problem::{FieldError, Problem};
 use crate::auth::{Caller, Role};
-use crate::model::{EntryKind, LogEntry, OrderLine, OrderPii, OrderSummary, OutboxEntry, Outgoing, SagaRecord};
+use crate::model::{EntryKind, LogEntry, OrderLine, OrderPii, OrderSummary, SagaRecord};
 use crate::store::{Claim, Error as StoreError};
 
 /// The saga every order runs.
@@ -187,7 +187,7 @@ async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]
     }
     let correlation_id = correlation_id(headers);
     span.record("correlation_id", display(correlation_id));
-    let saga = new_saga(app, order_id, correlation_id, &order, amount_cents, customer_ref)?;
+    let (saga, start_message) = new_saga(app, order_id, correlation_id, &order, amount_cents, customer_ref)?;
     let pii = OrderPii {
         customer_id: order.customer_id.clone(),
         email: order.email.clone(),
@@ -199,7 +199,10 @@ async fn place(app: &AppState, caller: &Caller, headers: &HeaderMap, body: &[u8]
         handoff.stored(&saga, pii);
     }
     app.metrics.sagas_created.inc();
-    start(app, &saga, stored).await;
+    if stored {
+        app.metrics.entered(saga.state.phase, saga.status(), 0.0);
+    }
+    start(app, &saga, start_message, stored).await;
     Ok((placed(&saga), true))
 }
 
@@ -237,6 +240,8 @@ fn correlation_id(headers: &HeaderMap) -> Uuid {
         .unwrap_or_else(proto_events::ids::new_v7)
 }
 
+/// The order's saga as it is stored, already started (see [`crate::engine::born`]), and the start message
+/// that asks the owner of its partition to publish what the start sent.
 fn new_saga(
     app: &AppState,
     order_id: Uuid,
@@ -244,7 +249,7 @@ fn new_saga(
     order: &PlaceOrder,
     amount_cents: i64,
     customer_ref: String,
-) -> Result<SagaRecord, Problem> {
+) -> Result<(SagaRecord, Message), Problem> {
     let definition = app.definitions.latest(ORDER_SAGA).ok_or_else(|| {
         tracing::error!("the order saga definition is missing");
         Problem::internal()
@@ -255,14 +260,6 @@ fn new_saga(
         .iter()
         .map(|i| OrderLine { sku: i.sku.clone(), quantity: i.quantity, unit_price_cents: i.unit_price_cents })
         .collect();
-    let start = OutboxEntry {
-        message_id: proto_events::ids::new_v7(),
-        causation_id: None,
-        time: now,
-        step: 0,
-        attempt: 0,
-        outgoing: Outgoing::Start,
-    };
     let created = LogEntry {
         saga_id: order_id,
         seq: 1,
@@ -276,7 +273,7 @@ fn new_saga(
         sent: Vec::new(),
         note: None,
     };
-    Ok(SagaRecord {
+    let created = SagaRecord {
         id: order_id,
         version: 1,
         definition: definition.name.to_owned(),
@@ -290,9 +287,24 @@ fn new_saga(
         created_at: now,
         updated_at: now,
         state_since: now,
-        outbox: vec![start],
+        outbox: Vec::new(),
         pending_log: vec![created],
-    })
+    };
+    let meta = Meta {
+        message_id: proto_events::ids::new_v7(),
+        saga_id: order_id,
+        step: 0,
+        attempt: 0,
+        correlation_id,
+        causation_id: None,
+        time: now,
+    };
+    let start = Message::new(meta, Body::Start(StartSaga {})).map_err(|error| {
+        tracing::error!(%error, "cannot build a start message");
+        Problem::internal()
+    })?;
+    let saga = crate::engine::born(&created, &start, definition, now);
+    Ok((saga, start))
 }
 
 /// Stores the order's personal data, then its saga; true if the saga was stored as it is now (false: it was
@@ -310,28 +322,17 @@ async fn store_order(app: &AppState, saga: &SagaRecord, pii: &OrderPii) -> Resul
     }
 }
 
-/// Starts the saga: hands its start message to this instance's engine when it owns the saga's partition and
-/// the saga was `stored` by this request (see [`crate::cache::Handoff::start`]), else publishes it. If
-/// publishing fails the saga is still stored: the owner of its partition starts it after the start grace
-/// period.
-async fn start(app: &AppState, saga: &SagaRecord, stored: bool) {
-    let Some(entry) = saga.outbox.first() else { return };
-    let meta = Meta {
-        message_id: entry.message_id,
-        saga_id: saga.id,
-        step: 0,
-        attempt: 0,
-        correlation_id: saga.correlation_id,
-        causation_id: None,
-        time: entry.time,
-    };
-    let message = Message::new(meta, Body::Start(StartSaga {})).expect("a start message is valid");
+/// Has the saga's start published: hands the start message to this instance's engine when it owns the saga's
+/// partition and the saga was `stored` by this request (see [`crate::cache::Handoff::start`]), else publishes
+/// it to the partition's owner. If publishing fails the saga is still stored, started: the owner of its
+/// partition publishes what its start sent after the start grace period (the start sweep).
+async fn start(app: &AppState, saga: &SagaRecord, message: Message, stored: bool) {
     let handoff = app.handoff.as_ref().filter(|_| stored);
     if handoff.is_some_and(|handoff| handoff.start(saga.partition, message.clone(), saga.traceparent.clone())) {
         return;
     }
     if let Err(error) = app.bus.publish(topics::REPLY, &message).await {
-        tracing::warn!(%error, "cannot publish the saga start; the timer will start it");
+        tracing::warn!(%error, "cannot publish the saga start; the start sweep will publish it");
     }
 }
 

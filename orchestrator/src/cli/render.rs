@@ -189,13 +189,13 @@ fn kind(entry: &LogEntry) -> String {
     serde_json::to_value(entry.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-/// `inventory.reserved saga.reply/3@101 (succeeded)`; a start the API handed to the engine in-process, read
-/// from no topic, `saga.start saga.reply/3 (handed over)`.
+/// `inventory.reserved saga.reply/3@101 (succeeded)`; a start applied with the order (read from no topic: the
+/// API stores a saga already started), `saga.start saga.reply/3 (with the order)`.
 fn received(entry: &LogEntry) -> String {
     let Some(r) = &entry.received else { return "-".to_owned() };
     let outcome = r.outcome.as_deref().map(|o| format!(" ({o})")).unwrap_or_default();
     if r.offset == orchestrator::consumer::HANDED_OVER {
-        return format!("{} {}/{} (handed over){outcome}", r.message_type, r.topic, r.partition);
+        return format!("{} {}/{} (with the order){outcome}", r.message_type, r.topic, r.partition);
     }
     format!("{} {}/{}@{}{outcome}", r.message_type, r.topic, r.partition, r.offset)
 }
@@ -461,7 +461,7 @@ mod tests {
         assert_eq!(received(&entry(52_324, Some("succeeded"))), "saga.start saga.reply/4@52324 (succeeded)");
         assert_eq!(
             received(&entry(orchestrator::consumer::HANDED_OVER, None)),
-            "saga.start saga.reply/4 (handed over)"
+            "saga.start saga.reply/4 (with the order)"
         );
     }
 

@@ -226,7 +226,8 @@ impl SagaStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<SagaRecord>, Error> {
         let inner = self.lock();
-        let keep = |s: &SagaRecord| s.state.phase == Phase::Started && s.created_at < before;
+        let unpublished = |s: &SagaRecord| s.state.phase == Phase::Started || (s.version <= 2 && s.has_pending());
+        let keep = |s: &SagaRecord| unpublished(s) && s.created_at < before;
         Ok(select(&inner.sagas, partitions, keep).take(limit).cloned().collect())
     }
 

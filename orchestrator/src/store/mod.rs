@@ -171,7 +171,10 @@ pub trait SagaStore: Send + Sync + std::fmt::Debug {
     /// `limit`.
     async fn recoverable(&self, partitions: &[i32], limit: usize) -> Result<Vec<SagaRecord>, Error>;
 
-    /// Sagas in `partitions` still in state STARTED and created before `before`, at most `limit`.
+    /// Sagas in `partitions` created before `before` whose start may not have been published, at most `limit`:
+    /// those still in STARTED (stored by an earlier version, which started sagas by a transition) and those at
+    /// version 2 at most with pending work (the API stores a saga already started, at version 2, with what its
+    /// start sends in its outbox: see [`crate::engine::born`]).
     async fn not_started(
         &self,
         partitions: &[i32],

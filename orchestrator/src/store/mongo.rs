@@ -826,7 +826,7 @@ impl SagaStore for MongoStore {
         limit: usize,
     ) -> Result<Vec<SagaRecord>, Error> {
         let mut filter = in_partitions(partitions);
-        filter.insert("state", "STARTED");
+        filter.insert("$or", vec![doc! { "state": "STARTED" }, doc! { "pending": true, "version": { "$lte": 2_i64 } }]);
         filter.insert("created_at", doc! { "$lt": bson_date(before) });
         let cursor = self
             .sagas

@@ -43,6 +43,7 @@ fn outcome_text(outcome: &Outcome) -> String {
         Outcome::Ignored(why) => format!("ignored ({why})"),
         Outcome::UnknownSaga => "unknown saga".to_owned(),
         Outcome::NotForOrchestrator => "not for the orchestrator".to_owned(),
+        Outcome::Published { messages } => format!("start published ({messages} messages)"),
     }
 }
 
