@@ -231,11 +231,14 @@ impl Engine {
     /// Publishes what the start of a saga stored already started sent (see [`born`]), when a start message
     /// for it arrives: handed over by this instance's API, published by another instance's, or by the start
     /// sweep. Nothing is written: the saga's start is its insert. What this instance published already (the
-    /// saga is `cached` or waits to be settled here, and its outbox is empty) is not published again; a copy
-    /// read from the store publishes its outbox, which may have gone out already (a duplicate, which every
-    /// consumer drops by message id). The saga is then cached and settled like a transition's.
+    /// `cached` copy's outbox is empty, or the saga waits to be settled here) is not published again, nor is
+    /// anything of a saga whose outbox was settled; a copy read from the store publishes its outbox, which may
+    /// have gone out already (a duplicate, which every consumer drops by message id). The saga is then cached
+    /// and settled like a transition's.
     async fn publish_start(&self, mut saga: SagaRecord, cached: bool) -> Result<Outcome, Error> {
-        if saga.outbox.is_empty() && (cached || self.unsettled.contains(saga.id)) {
+        // An empty outbox was published (a finished saga's copy keeps none); a saga waiting to be settled here
+        // was published by this instance, even if the cache had no room for it.
+        if saga.outbox.is_empty() || (!cached && self.unsettled.contains(saga.id)) {
             return Ok(Outcome::Published { messages: 0 });
         }
         let messages = saga.outbox.len();

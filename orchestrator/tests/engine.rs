@@ -343,6 +343,29 @@ async fn a_saga_handed_over_by_the_api_runs_on_its_cached_copy_and_personal_data
 }
 
 #[tokio::test]
+async fn a_start_for_a_finished_saga_publishes_and_moves_nothing() {
+    let h = Harness::deferred();
+    let (id, start, reserve) = started(&h).await;
+    let charge = succeed(&h, &reserve).await.command().clone();
+    let ship = succeed(&h, &charge).await.command().clone();
+    succeed(&h, &ship).await;
+    assert_eq!(h.engine.settle_due(DateTime::<Utc>::MAX_UTC).await, 1, "moved to the finished sagas");
+    let finished = h.record(id).await;
+    assert_eq!(finished.state.phase, Phase::Completed);
+    let timeline = h.store.timeline(id).await.expect("timeline");
+
+    // As the start sweep or a late redelivery would bring it, to an instance that never saw the saga.
+    let other = h.engine.clone();
+    other.cache().remove(id);
+    let origin = engine::Origin { topic: topics::REPLY.into(), partition: partition_of(id), offset: 9 };
+    assert_eq!(other.handle(&start, &origin).await.expect("applied"), Outcome::Published { messages: 0 });
+    assert_eq!(h.bus.take(), Vec::new());
+    assert!(other.unsettled().is_empty(), "nothing to settle");
+    assert_eq!(h.record(id).await, finished);
+    assert_eq!(h.store.timeline(id).await.expect("timeline"), timeline);
+}
+
+#[tokio::test]
 async fn a_redelivered_start_publishes_nothing_again_and_writes_nothing() {
     let h = Harness::new();
     let (id, start) = h.place_and_take_start().await;
