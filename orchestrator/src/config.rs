@@ -44,6 +44,9 @@ pub struct Settings {
     /// `SAGA_GAUGE_INTERVAL_SECS`, default 15: how often the saga gauges (sagas per state, oldest age per
     /// state, outbox backlog) are read from the store.
     pub gauge_interval: Duration,
+    /// `SAGA_FINISHED_RECOUNT_HOURS`, default 24: how often the finished sagas are counted one by one to
+    /// check the gauges' running tally (see [`crate::gauges`]); 1 to 8760.
+    pub finished_recount_every: Duration,
     /// `SAGA_SETTLE_AFTER_MS`, default 5000: how long after its first unsettled transition a saga's
     /// timeline entries are appended to the log and its published outbox emptied (0: after every
     /// transition). See [`crate::settle`].
@@ -78,6 +81,9 @@ impl Settings {
                 interval: Duration::from_secs(config::parsed::<u64>("PII_SWEEP_INTERVAL_SECS", 3600)?.max(1)),
             },
             gauge_interval: Duration::from_secs(config::parsed::<u64>("SAGA_GAUGE_INTERVAL_SECS", 15)?),
+            finished_recount_every: Duration::from_secs(
+                config::parsed::<u64>("SAGA_FINISHED_RECOUNT_HOURS", 24)?.saturating_mul(3600),
+            ),
             settle_after: millis("SAGA_SETTLE_AFTER_MS", 5_000)?,
         };
         settings.validate()?;
@@ -90,6 +96,10 @@ impl Settings {
         anyhow::ensure!(
             (1..=3600).contains(&self.gauge_interval.as_secs()),
             "SAGA_GAUGE_INTERVAL_SECS must be between 1 and 3600"
+        );
+        anyhow::ensure!(
+            (1..=8760).contains(&(self.finished_recount_every.as_secs() / 3600)),
+            "SAGA_FINISHED_RECOUNT_HOURS must be between 1 and 8760"
         );
         anyhow::ensure!(self.settle_after <= Duration::from_secs(60), "SAGA_SETTLE_AFTER_MS must be at most 60000");
         anyhow::ensure!(self.customer_ref_key.len() >= 16, "CUSTOMER_REF_KEY must be at least 16 characters");

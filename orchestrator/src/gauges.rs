@@ -16,8 +16,9 @@
 //! before its cutoff, a minute's first instant) and adds the tallies of the minutes from the cutoff on; every
 //! [`FOLD_EVERY`] intervals one instance folds the tallies of the minutes that are over into the census and
 //! moves its cutoff. The finished sagas are counted one by one only when there is no census (a new
-//! database, or one an earlier version recorded), every [`RECOUNT_EVERY`] (a finished copy whose count was
-//! lost with an instance that crashed before writing it down is then counted), and when an instance wrote
+//! database, or one an earlier version recorded), daily by default ([`RECOUNT_EVERY`],
+//! `SAGA_FINISHED_RECOUNT_HOURS`; a finished copy whose count was lost with an instance that crashed before
+//! writing it down is then counted), and when an instance wrote
 //! down a tally older than the cutoff (its database was unreachable for longer than [`TALLY_LAG`]). A count
 //! one by one takes the sagas moved before its cutoff, by when their finished copy was made, so that none
 //! is counted both there and in a tally.
@@ -46,8 +47,8 @@ pub fn summarize<S: AsRef<str>>(sagas: impl IntoIterator<Item = (S, DateTime<Utc
 /// How many gauge intervals apart the tallies of the finished sagas are folded into the recorded census.
 pub const FOLD_EVERY: u32 = 20;
 
-/// How often the finished sagas are counted one by one (or less often, when that is slow: see
-/// [`store::scan_interval`]).
+/// How often the finished sagas are counted one by one by default (`SAGA_FINISHED_RECOUNT_HOURS`; less often
+/// when that is slow: see [`store::scan_interval`]).
 pub const RECOUNT_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How far behind the present a census's cutoff stays, at least: the tallies of the minutes after it may
@@ -63,6 +64,7 @@ pub struct SagaGauges {
     metrics: Arc<Metrics>,
     interval: Duration,
     backlog_after: Duration,
+    recount_every: Duration,
     /// This instance wrote down a tally of a minute before the recorded census's cutoff: counted by neither.
     tally_late: std::sync::atomic::AtomicBool,
 }
@@ -76,8 +78,16 @@ impl SagaGauges {
             metrics,
             interval,
             backlog_after: crate::settle::backlog_after(Duration::ZERO),
+            recount_every: RECOUNT_EVERY,
             tally_late: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The same gauges, counting the finished sagas one by one `every` so often instead of daily (on FerretDB
+    /// that count reads every finished saga: a deployment that keeps millions may want it rarer).
+    pub fn with_recount_every(mut self, every: Duration) -> Self {
+        self.recount_every = every;
+        self
     }
 
     /// The same gauges, counting a saga in the backlog once it has been unsettled for `after`.
@@ -168,9 +178,10 @@ impl SagaGauges {
         Some(states)
     }
 
-    /// Whether `census` is due to be counted anew at `now`: recorded by an earlier version, older than
-    /// [`RECOUNT_EVERY`], or missing the tally of a minute before its cutoff this instance just wrote down
-    /// (`written`); never more than a twentieth of the time (see [`store::scan_interval`]).
+    /// Whether `census` is due to be counted anew at `now`: recorded by an earlier version, older than the
+    /// recount interval ([`RECOUNT_EVERY`] by default), or missing the tally of a minute before its cutoff this
+    /// instance just wrote down (`written`); never more than a twentieth of the time (see
+    /// [`store::scan_interval`]).
     fn recount_due(&self, census: &RecordedCensus, now: DateTime<Utc>, written: Option<DateTime<Utc>>) -> bool {
         let (Some(cutoff), Some(counted_at)) = (census.cutoff, census.counted_at) else { return true };
         let took = Duration::from_millis(census.took_ms);
@@ -180,7 +191,7 @@ impl SagaGauges {
             self.tally_late.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let late = self.tally_late.load(std::sync::atomic::Ordering::Relaxed);
-        age >= store::scan_interval(RECOUNT_EVERY, took)
+        age >= store::scan_interval(self.recount_every, took)
             || (late && age >= store::scan_interval(self.interval.saturating_mul(FOLD_EVERY), took))
     }
 
@@ -590,9 +601,11 @@ mod tests {
     fn a_tally_written_down_after_its_minute_was_folded_has_the_sagas_counted_anew_soon() {
         use crate::store::memory::MemoryStore;
 
-        let clock = Arc::new(crate::clock::ManualClock::new(t(0)));
+        use crate::clock::ManualClock;
+        const FIFTEEN: Duration = Duration::from_secs(15);
+
         let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-        let gauges = SagaGauges::new(Arc::new(MemoryStore::new()), clock, metrics, Duration::from_secs(15));
+        let gauges = SagaGauges::new(Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(t(0))), metrics, FIFTEEN);
         let census = |counted_at| RecordedCensus {
             states: StateSummary::default(),
             at: t(0),
@@ -607,6 +620,13 @@ mod tests {
         let mut old = census(t(0));
         old.cutoff = None;
         assert!(gauges.recount_due(&old, t(60), None), "recorded by an earlier version");
+
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let fresh = SagaGauges::new(Arc::new(MemoryStore::new()), Arc::new(ManualClock::new(t(0))), metrics, FIFTEEN);
+        let weekly = fresh.with_recount_every(Duration::from_secs(7 * 24 * 3600));
+        assert!(!weekly.recount_due(&census(t(-90_000)), t(60), None), "a day old, counted weekly");
+        assert!(weekly.recount_due(&census(t(-610_000)), t(60), None), "a week old");
+        assert!(weekly.recount_due(&old, t(60), None), "recorded by an earlier version, whatever the interval");
     }
 
     #[test]

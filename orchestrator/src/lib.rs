@@ -127,7 +127,8 @@ impl Application {
         let retention =
             retention::Retention::new(store.clone(), clock.clone(), settings.retention, metrics.pii_purged.clone());
         let gauges = gauges::SagaGauges::new(store.clone(), clock.clone(), metrics.clone(), settings.gauge_interval)
-            .with_backlog_after(settle::backlog_after(settings.settle_after));
+            .with_backlog_after(settle::backlog_after(settings.settle_after))
+            .with_recount_every(settings.finished_recount_every);
         let state = AppState {
             store: api_store,
             bus,

@@ -30,6 +30,7 @@ fn nonsense_settings_are_named() {
         ("JWT_SECRET", "short", "JWT_SECRET must be at least 32 characters"),
         ("SAGA_STEP_TIMEOUT_MS", "soon", "SAGA_STEP_TIMEOUT_MS"),
         ("KAFKA_TOPIC_PARTITIONS", "0", "KAFKA_TOPIC_PARTITIONS"),
+        ("SAGA_FINISHED_RECOUNT_HOURS", "0", "SAGA_FINISHED_RECOUNT_HOURS must be between 1 and 8760"),
         ("JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem", "cannot read JWT_PUBLIC_KEY_FILE"),
     ] {
         let (ok, stderr) = start(&[(name, value)]);
