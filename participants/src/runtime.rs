@@ -5,14 +5,19 @@
 //! another participant) go to the topic's `.dlq` twin with the reason in a header; their offset is stored
 //! once the dead letter is acknowledged.
 //!
-//! **One message at a time.** The consumer handles its messages strictly sequentially, across all the
-//! partitions assigned to it. That keeps one writer per document within a process (a SKU's stock, a saga's
-//! payment), so a domain may read a document by `_id`, check its state in code and then write it by `_id`
-//! with no condition in the filter (conditional filters are slow scans, and not atomic, on FerretDB: see
-//! the [database access rule](crate::store#database-access-rule)); it keeps the in-memory stock cache
-//! exact, and makes "never store an offset past an unfinished message" trivial.
-//! Instances split the partitions (and so the sagas) between them through the consumer group. The cost is
-//! throughput: one database round trip chain per command; scale out with partitions and instances.
+//! **One effect at a time.** The consumer applies its messages' effects strictly sequentially, across all
+//! the partitions assigned to it. That keeps one writer per document within a process (a SKU's stock, a
+//! saga's payment), so a domain may read a document by `_id`, check its state in code and then write it by
+//! `_id` with no condition in the filter (conditional filters are slow scans, and not atomic, on FerretDB:
+//! see the [database access rule](crate::store#database-access-rule)); it keeps the in-memory stock cache
+//! exact. Instances split the partitions (and so the sagas) between them through the consumer group. The
+//! cost is throughput: one database round trip chain per command; scale out with partitions and instances.
+//!
+//! **Replies are pipelined.** Once a command's effect is durable its reply is sent, and the next message's
+//! effect starts while the broker acknowledges it (at most [`REPLIES_IN_FLIGHT`] replies wait at once).
+//! Offsets are still stored only in order and only after the message's reply (or dead letter) is
+//! acknowledged: a message whose reply is not acknowledged, and every later one, is redelivered after a
+//! crash or a partition move, and answered again from the domain's idempotent record.
 //!
 //! **Failures.** A transient error (the database is down, a timeout) retries the whole message with
 //! exponential backoff (capped at [`RuntimeSettings::max_backoff`]); after
@@ -27,6 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use platform::config;
 use platform::kafka::{KafkaSettings, Publisher};
 use platform::metrics::LagContext;
@@ -44,6 +51,20 @@ use crate::metrics::{DeadLetterReason, Metrics, Outcome};
 
 /// The longest reason a reply may carry (the wire contract's limit).
 const MAX_REASON_CHARS: usize = 500;
+
+/// Replies sent and not yet acknowledged at most; the consumer waits for the oldest beyond that.
+pub const REPLIES_IN_FLIGHT: usize = 64;
+
+/// Where a message was read, to store its offset once it is done.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    partition: i32,
+    offset: i64,
+}
+
+/// A message whose reply was sent: its position, and whether the broker acknowledged the reply (false:
+/// shutdown came first, so neither it nor any later message may have its offset stored).
+type Replied<'a> = std::pin::Pin<Box<dyn Future<Output = (Position, bool)> + Send + 'a>>;
 
 /// The runtime could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +148,16 @@ pub enum Verdict {
         reason: DeadLetterReason,
     },
     /// Shutdown interrupted the retries: leave the offset unstored (the message will be redelivered).
+    Interrupted,
+}
+
+/// Where one message is, once its effect was applied (see [`Runtime::run`]).
+enum Processed<'a> {
+    /// Its reply was sent; the future ends when the broker acknowledged it.
+    Replying(Replied<'a>),
+    /// It must be finished after the replies in flight, in order (a dead letter), in its span.
+    Ordered(Verdict, tracing::Span),
+    /// Shutdown interrupted its retries: its offset stays unstored.
     Interrupted,
 }
 
@@ -286,21 +317,37 @@ impl<D: Domain> Runtime<D> {
         Ok(Self { processor, consumer, publisher, topic })
     }
 
-    /// Consumes until `shutdown` is cancelled; the message being processed then is finished first.
+    /// Consumes until `shutdown` is cancelled; the message being processed then is finished first, and the
+    /// replies in flight are waited for.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(topic = %self.topic, "consuming commands");
+        let mut replying: FuturesOrdered<Replied<'_>> = FuturesOrdered::new();
+        // False once a message could not be finished: no later offset may be stored.
+        let mut storing = true;
         loop {
             let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                received = self.consumer.recv() => received,
+                Some((position, sent)) = replying.next(), if !replying.is_empty() => {
+                    storing = self.finished(position, sent && storing);
+                    if storing { continue } else { break }
+                }
+                received = self.consumer.recv(), if replying.len() < REPLIES_IN_FLIGHT => received,
             };
             match received {
-                Ok(message) => {
-                    if !self.process(&message, &shutdown).await {
-                        break;
+                Ok(message) => match self.process(&message, &shutdown).await {
+                    Processed::Replying(replied) => replying.push_back(replied),
+                    Processed::Ordered(verdict, span) => {
+                        // A dead letter: its offset comes after those of the replies in flight.
+                        storing = self.drain(&mut replying, storing).await;
+                        storing = storing && self.finish_in_order(&message, verdict, &shutdown).instrument(span).await;
+                        if !storing {
+                            break;
+                        }
                     }
-                }
+                    // Its offset stays unstored; those of the replies in flight before it are stored below.
+                    Processed::Interrupted => break,
+                },
                 Err(error) => {
                     // librdkafka reconnects by itself; pause briefly so a broker outage does not spin.
                     tracing::warn!(error = %error, "the consumer reported an error");
@@ -311,20 +358,38 @@ impl<D: Domain> Runtime<D> {
                 }
             }
         }
+        self.drain(&mut replying, storing).await;
         self.commit();
         tracing::info!(topic = %self.topic, "stopped consuming");
     }
 
-    /// Handles one message to the end; false when shutdown interrupted it (its offset is not stored). Its
-    /// `kafka.process` span continues the command's trace, and the reply continues this span's.
-    async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &CancellationToken) -> bool {
+    /// Waits for every reply in flight, storing their offsets in order while `storing` and they were sent;
+    /// returns whether storing may go on.
+    async fn drain(&self, replying: &mut FuturesOrdered<Replied<'_>>, mut storing: bool) -> bool {
+        while let Some((position, sent)) = replying.next().await {
+            storing = self.finished(position, sent && storing);
+        }
+        storing
+    }
+
+    /// Stores the offset of a message whose reply was acknowledged (`done`); returns `done`.
+    fn finished(&self, position: Position, done: bool) -> bool {
+        if done {
+            self.store_offset(position);
+        }
+        done
+    }
+
+    /// Applies one message's effect (its `kafka.process` span continues the command's trace, and the reply
+    /// continues this span's) and sends its reply, returning the reply's acknowledgement to wait for.
+    async fn process<'a>(&'a self, message: &BorrowedMessage<'_>, shutdown: &'a CancellationToken) -> Processed<'a> {
         let span = platform::kafka::process_span(message);
-        async {
-            let started = Instant::now();
-            let done = match self.processor.decide(message.payload(), shutdown).await {
-                Verdict::Interrupted => false,
-                Verdict::DeadLetter { error, reason } => self.dead_letter(message, &error, reason, shutdown).await,
-                Verdict::Reply { reply, command, outcome } => {
+        let started = Instant::now();
+        let position = Position { partition: message.partition(), offset: message.offset() };
+        match self.processor.decide(message.payload(), shutdown).instrument(span.clone()).await {
+            Verdict::Interrupted => Processed::Interrupted,
+            Verdict::Reply { reply, command, outcome } => {
+                let replied = async move {
                     let sent = self.reply(&reply, shutdown).await;
                     if sent {
                         self.processor.metrics.command(command.message_type(), outcome);
@@ -332,16 +397,26 @@ impl<D: Domain> Runtime<D> {
                         self.processor.metrics.latency(command.message_type(), elapsed);
                         tracing::info!(command = command.message_type(), outcome = ?outcome, "replied");
                     }
-                    sent
-                }
-            };
-            if done {
-                self.store_offset(message);
+                    (position, sent)
+                };
+                Processed::Replying(Box::pin(replied.instrument(span)))
             }
-            done
+            verdict @ Verdict::DeadLetter { .. } => Processed::Ordered(verdict, span),
         }
-        .instrument(span)
-        .await
+    }
+
+    /// Finishes a message that must wait for the replies in flight (a dead letter) and stores its offset;
+    /// false when shutdown interrupted it.
+    async fn finish_in_order(
+        &self,
+        message: &BorrowedMessage<'_>,
+        verdict: Verdict,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let Verdict::DeadLetter { error, reason } = verdict else { return false };
+        let done = self.dead_letter(message, &error, reason, shutdown).await;
+        let position = Position { partition: message.partition(), offset: message.offset() };
+        self.finished(position, done)
     }
 
     async fn reply(&self, reply: &Message, shutdown: &CancellationToken) -> bool {
@@ -366,8 +441,8 @@ impl<D: Domain> Runtime<D> {
         sent
     }
 
-    fn store_offset(&self, message: &BorrowedMessage<'_>) {
-        if let Err(error) = self.consumer.store_offset_from_message(message) {
+    fn store_offset(&self, position: Position) {
+        if let Err(error) = self.consumer.store_offset(&self.topic, position.partition, position.offset) {
             // The partition was revoked meanwhile; its new owner starts from the last committed offset.
             tracing::warn!(error = %error, "cannot store the offset");
         }

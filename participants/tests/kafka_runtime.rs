@@ -19,6 +19,7 @@ use proto_events::envelope::headers;
 use proto_events::{Body, Command, CommandKind, Line, Message, Meta, Reply, topics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -182,6 +183,67 @@ async fn a_redelivered_command_is_answered_twice_with_one_effect_and_garbage_is_
     shutdown.cancel();
     let stopped = tokio::time::timeout(TIMEOUT, running).await.expect("stops within the deadline");
     stopped.expect("the task did not panic").expect("a clean stop");
+    client.database(&mongo.database).drop().await.expect("drop the test database");
+}
+
+/// The committed offset of each partition of `topic` for consumer group `group` (0 where none), and the
+/// partition's end (its high watermark).
+fn committed_and_end(kafka: &KafkaSettings, group: &str, topic: &str) -> Vec<(i64, i64)> {
+    let consumer: StreamConsumer = kafka.consumer_config(group).create().expect("a consumer of the group");
+    let mut list = TopicPartitionList::new();
+    for partition in 0..kafka.partitions {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = if let Offset::Offset(o) = e.offset() { o } else { 0 };
+            let end = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10)).expect("watermarks").1;
+            (offset, end)
+        })
+        .collect()
+}
+
+/// The runtime applies the next command while the replies before it wait for the broker: a burst of commands
+/// (a dead letter among them, which must wait for the replies before it) is answered in full, and a graceful
+/// stop commits every offset, so a restarted service would redeliver nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_commands_is_answered_with_replies_in_flight_and_every_offset_committed_in_order() {
+    let settings = settings("pay_burst", PaymentSettings::default());
+    let (kafka, mongo, group) = (settings.kafka.clone(), settings.mongo.clone(), settings.group_id.clone());
+    let app = Application::<MongoPayments>::build(settings).await.expect("build the payment service");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let publisher = Publisher::new(&kafka).expect("publisher");
+    let command_topic = kafka.topic(topics::CMD_PAYMENT);
+    let sagas: Vec<Uuid> = (0..60).map(|_| Uuid::now_v7()).collect();
+    for (n, saga_id) in sagas.iter().enumerate() {
+        if n == 30 {
+            let garbage = b"{ not an envelope";
+            publisher.send(&command_topic, Some(b"burst-garbage"), garbage, OwnedHeaders::new()).await.expect("send");
+        }
+        publisher.publish(topics::CMD_PAYMENT, &charge(*saga_id, Uuid::now_v7(), 1)).await.expect("publish");
+    }
+    let keys: std::collections::BTreeSet<Vec<u8>> = sagas.iter().map(|id| id.to_string().into_bytes()).collect();
+    let replies = subscriber(&kafka, topics::REPLY);
+    let received = read(&replies, sagas.len(), |m| m.key().is_some_and(|k| keys.contains(k))).await;
+    let answered: std::collections::BTreeSet<&[u8]> = received.iter().filter_map(|m| m.key()).collect();
+    assert_eq!(answered.len(), sagas.len(), "one reply per command");
+    let dead = subscriber(&kafka, &topics::dlq(topics::CMD_PAYMENT));
+    read(&dead, 1, |m| m.key() == Some(b"burst-garbage".as_slice())).await;
+
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(TIMEOUT, running).await.expect("stops within the deadline");
+    stopped.expect("the task did not panic").expect("a clean stop");
+    let offsets = committed_and_end(&kafka, &group, &command_topic);
+    assert_eq!(offsets.iter().map(|(_, end)| end).sum::<i64>(), 61, "60 commands and the garbage");
+    for (committed, end) in &offsets {
+        assert_eq!(committed, end, "every message's offset committed: {offsets:?}");
+    }
+    let client = mongo.client("participants-it").await.expect("client");
     client.database(&mongo.database).drop().await.expect("drop the test database");
 }
 
