@@ -253,16 +253,7 @@ mod tests {
     }
 
     fn start_message(saga: &SagaRecord) -> Message {
-        let meta = proto_events::Meta {
-            message_id: proto_events::ids::new_v7(),
-            saga_id: saga.id,
-            step: 0,
-            attempt: 0,
-            correlation_id: saga.correlation_id,
-            causation_id: None,
-            time: saga.created_at,
-        };
-        Message::new(meta, proto_events::Body::Start(proto_events::StartSaga {})).expect("a valid start")
+        crate::engine::start_message(saga.id, saga.correlation_id, saga.created_at)
     }
 
     #[test]

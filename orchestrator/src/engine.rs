@@ -215,17 +215,23 @@ impl Engine {
         self.deadlines.track(&next);
         self.observe(&saga, &next, event, &actions, definition, now);
         self.publish(&mut next).await?;
-        if !self.unsettled.defer(&next, now, self.settle_after) {
-            self.settle_now(&Settlement::of(&next, now)).await?;
+        let outcome = outcome(&saga, &next, &actions);
+        self.settle_and_cache(next, now).await?;
+        Ok(outcome)
+    }
+
+    /// Settles `saga`, written and published, later (or now, when it cannot wait), and caches it.
+    async fn settle_and_cache(&self, mut saga: SagaRecord, now: DateTime<Utc>) -> Result<(), Error> {
+        if !self.unsettled.defer(&saga, now, self.settle_after) {
+            self.settle_now(&Settlement::of(&saga, now)).await?;
             // A saga that finished for good keeps its pending timeline in its finished copy: so does the
             // cached one, which a late note would write back.
-            if !next.state.phase.is_final() {
-                next.pending_log.clear();
+            if !saga.state.phase.is_final() {
+                saga.pending_log.clear();
             }
         }
-        let outcome = outcome(&saga, &next, &actions);
-        self.cache.put(next);
-        Ok(outcome)
+        self.cache.put(saga);
+        Ok(())
     }
 
     /// Publishes what the start of a saga stored already started sent (see [`born`]), when a start message
@@ -244,14 +250,7 @@ impl Engine {
         let messages = saga.outbox.len();
         self.publish(&mut saga).await?;
         self.deadlines.track(&saga);
-        let now = self.clock.now();
-        if saga.has_pending() && !self.unsettled.defer(&saga, now, self.settle_after) {
-            self.settle_now(&Settlement::of(&saga, now)).await?;
-            if !saga.state.phase.is_final() {
-                saga.pending_log.clear();
-            }
-        }
-        self.cache.put(saga);
+        self.settle_and_cache(saga, self.clock.now()).await?;
         Ok(Outcome::Published { messages })
     }
 
@@ -509,6 +508,20 @@ impl Engine {
             tracing::info!(status = after.status().as_str(), seconds, "saga finished");
         }
     }
+}
+
+/// The start message of saga `saga_id` (see [`born`]), sent at `at`.
+pub fn start_message(saga_id: Uuid, correlation_id: Uuid, at: DateTime<Utc>) -> Message {
+    let meta = Meta {
+        message_id: proto_events::ids::new_v7(),
+        saga_id,
+        step: 0,
+        attempt: 0,
+        correlation_id,
+        causation_id: None,
+        time: at,
+    };
+    Message::new(meta, Body::Start(proto_events::StartSaga {})).expect("a start message is valid")
 }
 
 /// A new saga as the API inserts it: `created` (version 1, in STARTED, its creation on its timeline) with

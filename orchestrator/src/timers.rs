@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use proto_events::{Body, Message, Meta, StartSaga, TimerFired, topics};
+use proto_events::{Body, Message, Meta, TimerFired, topics};
 use saga_defs::Deadline;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,9 +34,9 @@ pub struct TimerSettings {
     pub interval: Duration,
     /// How long a stored saga's start may stay unpublished before its start message is published again.
     pub start_grace: Duration,
-    /// How often the store is swept for such sagas (at least `start_grace`). The sweep filters on the state and version,
-    /// which FerretDB answers by scanning the whole collection, so it is kept rare: it only catches a start
-    /// whose publication was lost when the instance that took the order died.
+    /// How often the store is swept for such sagas (at least `start_grace`). The sweep filters on the state
+    /// and version, which FerretDB answers by scanning the whole collection, so it is kept rare: it only
+    /// catches a start whose publication was lost when the instance that took the order died.
     pub start_sweep_every: Duration,
     /// How long before the same deadline is published again if it is still pending.
     pub refire_after: Duration,
@@ -245,8 +245,7 @@ impl Timer {
             }
             let span = saga_span(saga.id, saga.correlation_id, saga.traceparent.as_deref());
             span.in_scope(|| tracing::info!("publishing the start of a saga whose start may not have gone out"));
-            let meta = meta(saga.id, saga.correlation_id, 0, 0, now);
-            let start = Message::new(meta, Body::Start(StartSaga {}))?;
+            let start = crate::engine::start_message(saga.id, saga.correlation_id, now);
             self.bus.publish(topics::REPLY, &start).instrument(span).await?;
             self.restarted.insert(saga.id, now);
             published += 1;

@@ -155,8 +155,9 @@ pub enum Verdict {
 enum Processed<'a> {
     /// Its reply was sent; the future ends when the broker acknowledged it.
     Replying(Replied<'a>),
-    /// It must be finished after the replies in flight, in order (a dead letter), in its span.
-    Ordered(Verdict, tracing::Span),
+    /// It goes to the dead-letter topic after the replies in flight (its offset comes after theirs), in its
+    /// span.
+    DeadLetter { error: String, reason: DeadLetterReason, span: tracing::Span },
     /// Shutdown interrupted its retries: its offset stays unstored.
     Interrupted,
 }
@@ -337,10 +338,10 @@ impl<D: Domain> Runtime<D> {
             match received {
                 Ok(message) => match self.process(&message, &shutdown).await {
                     Processed::Replying(replied) => replying.push_back(replied),
-                    Processed::Ordered(verdict, span) => {
-                        // A dead letter: its offset comes after those of the replies in flight.
+                    Processed::DeadLetter { error, reason, span } => {
                         storing = self.drain(&mut replying, storing).await;
-                        storing = storing && self.finish_in_order(&message, verdict, &shutdown).instrument(span).await;
+                        storing =
+                            storing && self.dead_letter(&message, &error, reason, &shutdown).instrument(span).await;
                         if !storing {
                             break;
                         }
@@ -372,7 +373,7 @@ impl<D: Domain> Runtime<D> {
         storing
     }
 
-    /// Stores the offset of a message whose reply was acknowledged (`done`); returns `done`.
+    /// Stores the offset of a message that is `done` (its reply or dead letter acknowledged); returns `done`.
     fn finished(&self, position: Position, done: bool) -> bool {
         if done {
             self.store_offset(position);
@@ -401,22 +402,8 @@ impl<D: Domain> Runtime<D> {
                 };
                 Processed::Replying(Box::pin(replied.instrument(span)))
             }
-            verdict @ Verdict::DeadLetter { .. } => Processed::Ordered(verdict, span),
+            Verdict::DeadLetter { error, reason } => Processed::DeadLetter { error, reason, span },
         }
-    }
-
-    /// Finishes a message that must wait for the replies in flight (a dead letter) and stores its offset;
-    /// false when shutdown interrupted it.
-    async fn finish_in_order(
-        &self,
-        message: &BorrowedMessage<'_>,
-        verdict: Verdict,
-        shutdown: &CancellationToken,
-    ) -> bool {
-        let Verdict::DeadLetter { error, reason } = verdict else { return false };
-        let done = self.dead_letter(message, &error, reason, shutdown).await;
-        let position = Position { partition: message.partition(), offset: message.offset() };
-        self.finished(position, done)
     }
 
     async fn reply(&self, reply: &Message, shutdown: &CancellationToken) -> bool {
@@ -424,6 +411,7 @@ impl<D: Domain> Runtime<D> {
         until_done("publish the reply", &self.processor.settings, shutdown, publish).await
     }
 
+    /// Sends the message to the dead-letter topic and stores its offset; false when shutdown came first.
     async fn dead_letter(
         &self,
         message: &BorrowedMessage<'_>,
@@ -438,7 +426,7 @@ impl<D: Domain> Runtime<D> {
         if sent {
             self.processor.metrics.dead_letter(reason);
         }
-        sent
+        self.finished(Position { partition: message.partition(), offset: message.offset() }, sent)
     }
 
     fn store_offset(&self, position: Position) {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use garde::Validate;
 use platform::kafka::partition_for;
 use proto_events::commands::Currency;
-use proto_events::{Address, Body, Message, Meta, OrderStatus, StartSaga, topics};
+use proto_events::{Address, Message, OrderStatus, topics};
 use saga_defs::SagaState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -290,19 +290,7 @@ fn new_saga(
         outbox: Vec::new(),
         pending_log: vec![created],
     };
-    let meta = Meta {
-        message_id: proto_events::ids::new_v7(),
-        saga_id: order_id,
-        step: 0,
-        attempt: 0,
-        correlation_id,
-        causation_id: None,
-        time: now,
-    };
-    let start = Message::new(meta, Body::Start(StartSaga {})).map_err(|error| {
-        tracing::error!(%error, "cannot build a start message");
-        Problem::internal()
-    })?;
+    let start = crate::engine::start_message(order_id, correlation_id, now);
     let saga = crate::engine::born(&created, &start, definition, now);
     Ok((saga, start))
 }
